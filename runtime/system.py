@@ -1,0 +1,174 @@
+"""The actor system: the root supervisor, the name registry and the ask timer."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import trio
+
+from runtime.actor import Actor
+from runtime.cell import Cell, collapse
+from runtime.control import StartChild, StopChild
+from runtime.errors import ActorStopped, MailboxFull, NameTaken
+from runtime.ref import ActorRef, SupervisorRef
+from runtime.reply import AskTimer
+from runtime.snapshot import ActorSnapshot
+from runtime.spec import Backoff, ChildSpec, Restart, Strategy, SupervisorSpec
+from runtime.supervisor import SupervisorCell
+
+__all__ = ["ActorSystem", "open_system"]
+
+
+class ActorSystem:
+    """A tree of actors under one root supervisor; made by :func:`open_system`."""
+
+    def __init__(self, nursery: trio.Nursery, root_spec: SupervisorSpec) -> None:
+        self._nursery = nursery
+        self._cells: dict[str, Cell] = {}
+        self._names = itertools.count(1)
+        self.timer = AskTimer()
+        self._root = SupervisorCell(self, "", ChildSpec("root", root_spec), registered=False)
+
+    @property
+    def root(self) -> SupervisorRef:
+        """The root supervisor: :meth:`spawn` adds its children."""
+        ref = self._root.ref
+        assert isinstance(ref, SupervisorRef)
+        return ref
+
+    async def spawn(
+        self,
+        factory: Callable[..., Actor],
+        *,
+        name: str | None = None,
+        args: tuple[Any, ...] = (),
+        mailbox_size: int = 1000,
+        restart: Restart = Restart.PERMANENT,
+        shutdown: float | None = None,
+    ) -> ActorRef:
+        """Start an actor under the root supervisor and return its ref once ``on_start`` ran.
+
+        ``factory(*args)`` builds each instance. Raises
+        :class:`~runtime.errors.NameTaken` if ``name`` is in use.
+        """
+        spec = ChildSpec(
+            name or self.unique_name(factory),
+            functools.partial(factory, *args) if args else factory,
+            restart=restart,
+            shutdown=shutdown,
+            mailbox_size=mailbox_size,
+        )
+        ref: ActorRef = await self.root.ask(StartChild(spec), timeout=None)
+        return ref
+
+    async def spawn_supervisor(
+        self, spec: SupervisorSpec, *, name: str, restart: Restart = Restart.PERMANENT
+    ) -> SupervisorRef:
+        """Start a supervisor under the root, and its children in order; return its ref."""
+        ref = await self.root.ask(StartChild(ChildSpec(name, spec, restart=restart)), timeout=None)
+        assert isinstance(ref, SupervisorRef)
+        return ref
+
+    async def stop(self, ref: ActorRef) -> bool:
+        """Stop the actor behind ``ref`` for good, through its supervisor.
+
+        Returns False if it had already stopped.
+        """
+        path = ref.path
+        parent_path, _, name = path.rpartition("/")
+        parent = self._cells.get(parent_path) if parent_path else self._root
+        if parent is None or not isinstance(parent.ref, SupervisorRef):
+            return False
+        try:
+            stopped: bool = await parent.ref.ask(StopChild(name), timeout=None)
+        except ActorStopped:
+            return False
+        return stopped
+
+    def lookup(self, path: str) -> ActorRef | None:
+        """The ref of the live actor at ``path`` (like ``"sup/a"``), or None."""
+        cell = self._cells.get(path)
+        return None if cell is None else cell.ref
+
+    def snapshot(self) -> ActorSnapshot:
+        """The live tree: the root node, whose children are the top-level actors."""
+        return self._root.snapshot()
+
+    # -- for the runtime's own modules ---------------------------------------
+
+    def unique_name(self, factory: Callable[..., Any]) -> str:
+        base = getattr(factory, "__name__", None) or type(factory).__name__
+        return f"{base.lower()}-{next(self._names)}"
+
+    def register(self, cell: Cell) -> None:
+        if cell.path in self._cells:
+            raise NameTaken(f"an actor is already running at {cell.path!r}")
+        self._cells[cell.path] = cell
+
+    def unregister(self, cell: Cell) -> None:
+        if self._cells.get(cell.path) is cell:
+            del self._cells[cell.path]
+
+    def deliver(self, ref: ActorRef, message: Any) -> None:
+        """Send a runtime message now, or from a background task if the mailbox is full."""
+        try:
+            ref.tell_nowait(message)
+        except MailboxFull:
+            self.start_task(_tell_quietly, ref, message)
+        except ActorStopped:
+            pass
+
+    def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        self._nursery.start_soon(fn, *args)
+
+    async def _run_root(self, *, task_status: trio.TaskStatus[None]) -> None:
+        exit = await self._root.run_once(task_status=task_status)
+        self._root.finish(exit)
+        if exit.error is not None:
+            raise exit.error
+
+
+async def _tell_quietly(ref: ActorRef, message: Any) -> None:
+    with suppress(ActorStopped):
+        await ref.tell(message)
+
+
+@asynccontextmanager
+async def open_system(
+    *,
+    strategy: Strategy = Strategy.ONE_FOR_ONE,
+    max_restarts: int = 3,
+    within: float = 5.0,
+    backoff: Backoff | None = None,
+) -> AsyncIterator[ActorSystem]:
+    """Run an actor system for the duration of the ``async with`` block.
+
+    The arguments configure the root supervisor. Leaving the block stops every
+    actor in reverse start order, each within its shutdown grace time, and
+    leaves nothing running. If the root supervisor gives up, the block is
+    cancelled and :class:`~runtime.errors.SupervisorGaveUp` is raised here.
+    An exception from the block propagates unchanged after the shutdown.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            system = ActorSystem(
+                nursery, SupervisorSpec(strategy, max_restarts, within, backoff=backoff)
+            )
+            await nursery.start(system.timer.run)
+            await nursery.start(system._run_root)
+            try:
+                yield system
+            finally:
+                with trio.CancelScope(shield=True):
+                    system._root.request_stop()
+                    await system._root.run_done.wait()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = collapse(group)
+        if error is group:
+            raise
+        raise error from None

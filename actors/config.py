@@ -1,0 +1,426 @@
+"""The service's settings: one frozen :class:`ServiceConfig`, loaded by :func:`load_config`.
+
+Settings come from three layers, each overriding the one before it:
+
+1. the defaults declared on :class:`ServiceConfig`;
+2. an optional TOML file whose top-level keys are the field names (a flat table);
+3. environment variables, ``TROUPE_`` followed by the upper-cased field name
+   (``TROUPE_JOB_TIMEOUT``). ``OPENROUTER_API_KEY`` stands in for
+   ``TROUPE_UPSTREAM_API_KEY`` when that one is unset.
+
+An environment variable set to the empty string counts as unset, so a blank entry in a
+deployment template does not override the file.
+
+The upstream is chosen like this: ``upstream`` set in the file or the environment always
+wins; otherwise a configured API key (from any layer) selects ``"openai"``, and without a
+key the service runs the ``"simulated"`` model.
+
+Every problem is a :class:`ConfigError` whose message names the setting as the user wrote it
+(the TOML key or the environment variable) and the bad value. Secrets (the upstream API key
+and the JWT secret) never appear in a message, a repr or ``str()`` of the config.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, get_args, get_origin
+
+import attrs
+from cattrs import Converter
+from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
+
+__all__ = [
+    "ENV_PREFIX",
+    "ConfigError",
+    "LogLevel",
+    "ServiceConfig",
+    "StoreName",
+    "UpstreamName",
+    "env_var_name",
+    "load_config",
+]
+
+ENV_PREFIX: Final = "TROUPE_"
+"""Prefix of the environment variables that set :class:`ServiceConfig` fields."""
+
+OPENROUTER_KEY_VAR: Final = "OPENROUTER_API_KEY"
+
+StoreName = Literal["memory", "sqlite"]
+UpstreamName = Literal["simulated", "openai"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+_SECRET: Final = "secret"
+
+
+class ConfigError(Exception):
+    """A setting is unknown, malformed or out of range, or the config file is unusable.
+
+    ``str(error)`` is one readable line (several problems are joined with ``"; "``) naming
+    the setting and, except for secrets, the bad value. ``setting`` is the name of the
+    first offending setting as the user wrote it (field name or environment variable),
+    or ``None`` when the problem is the file itself.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class _InvalidValue(ConfigError):
+    """A field validator's complaint, kept apart so the loader can relabel it with the
+    environment variable the value came from."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}", setting=field_name)
+        self.field_name = field_name
+        self.problem = problem
+
+
+_Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _at_least(bound: float) -> _Validator:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not value >= bound:  # written this way so NaN fails too
+            raise _InvalidValue(attribute.name, f"must be >= {bound} (got {value!r})")
+
+    return check
+
+
+def _above(bound: float) -> _Validator:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not value > bound:
+            raise _InvalidValue(attribute.name, f"must be > {bound} (got {value!r})")
+
+    return check
+
+
+def _between(low: int, high: int) -> _Validator:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not low <= value <= high:
+            raise _InvalidValue(attribute.name, f"must be between {low} and {high} (got {value!r})")
+
+    return check
+
+
+def _one_of(choices: Any) -> _Validator:
+    allowed: tuple[str, ...] = get_args(choices)
+
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in allowed:
+            listed = ", ".join(repr(choice) for choice in allowed)
+            raise _InvalidValue(attribute.name, f"must be one of {listed} (got {value!r})")
+
+    return check
+
+
+def _not_blank(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.strip():
+        raise _InvalidValue(attribute.name, f"must not be empty (got {value!r})")
+
+
+def _http_url(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+        raise _InvalidValue(attribute.name, f"must be an http:// or https:// URL (got {value!r})")
+
+
+def _secret_not_blank(_instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    # The value is a secret: say what is wrong without ever echoing it.
+    if value is not None and not value.strip():
+        raise _InvalidValue(attribute.name, "must not be empty when set")
+
+
+def _secret_field() -> Any:
+    return attrs.field(
+        default=None, repr=False, validator=_secret_not_blank, metadata={_SECRET: True}
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ServiceConfig:
+    """Every setting of the background-streaming service, validated on construction.
+
+    Construct it with :func:`load_config`; direct construction (keyword-only) is for tests
+    and embedding and runs the same range checks, raising :class:`ConfigError` on a bad
+    value. Times are in seconds. ``repr``/``str`` leave out ``upstream_api_key`` and
+    ``jwt_secret``.
+    """
+
+    store: StoreName = attrs.field(default="sqlite", validator=_one_of(StoreName))
+    """Job store backend: ``"memory"`` or ``"sqlite"``."""
+    data_dir: Path = Path("data")
+    """Where persistent state lives (the SQLite database, a generated JWT secret).
+    A relative path is relative to the working directory of the process."""
+    upstream: UpstreamName = attrs.field(default="simulated", validator=_one_of(UpstreamName))
+    """``"openai"`` streams from an OpenAI-compatible API; ``"simulated"`` from a local model."""
+    upstream_base_url: str = attrs.field(
+        default="https://openrouter.ai/api/v1", validator=_http_url
+    )
+    """Base URL of the OpenAI-compatible API; ``/chat/completions`` is appended to it."""
+    upstream_api_key: str | None = _secret_field()
+    """The server's key for the upstream, sent as a Bearer token. Never shown."""
+    allow_user_api_keys: bool = False
+    """Whether a request may bring its own upstream API key."""
+    simulated_tokens_per_second: float = attrs.field(default=20.0, validator=_above(0))
+    """Pace of the simulated model."""
+    upstream_idle_timeout: float = attrs.field(default=60.0, validator=_above(0))
+    """Longest silence tolerated from the upstream before the job fails."""
+    max_concurrent_jobs: int = attrs.field(default=20, validator=_at_least(1))
+    """Cap on streaming jobs across all users; beyond it new jobs are refused."""
+    max_jobs_per_user: int = attrs.field(default=5, validator=_at_least(1))
+    """Cap on streaming jobs of one user."""
+    job_timeout: float = attrs.field(default=300.0, validator=_above(0))
+    """A job still streaming after this long is aborted upstream and fails."""
+    retention: float = attrs.field(default=3600.0, validator=_above(0))
+    """How long a finished job is kept before the sweeper deletes it."""
+    sweep_interval: float = attrs.field(default=60.0, validator=_above(0))
+    """Period of the expired-job sweep."""
+    drain_timeout: float = attrs.field(default=10.0, validator=_at_least(0))
+    """On shutdown, how long running jobs may go on before they are cut off."""
+    flush_interval: float = attrs.field(default=0.05, validator=_above(0))
+    """Longest time a received delta waits before its batch is written to the store."""
+    flush_max_deltas: int = attrs.field(default=64, validator=_at_least(1))
+    """A batch holding this many deltas is written at once."""
+    follower_buffer: int = attrs.field(default=1024, validator=_at_least(1))
+    """Events queued for one live follower before that follower is dropped."""
+    host: str = attrs.field(default="127.0.0.1", validator=_not_blank)
+    """Address the HTTP server binds."""
+    port: int = attrs.field(default=8000, validator=_between(0, 65535))
+    """Port the HTTP server binds; 0 lets the OS choose."""
+    jwt_secret: str | None = _secret_field()
+    """Key that signs and checks session tokens; ``None`` leaves it to the server to
+    generate one and keep it in ``data_dir``. Never shown."""
+    max_body_bytes: int = attrs.field(default=1_048_576, validator=_at_least(1))
+    """Largest accepted HTTP request body."""
+    log_level: LogLevel = attrs.field(default="info", validator=_one_of(LogLevel))
+    """Lowest level of log lines written."""
+
+    def with_overrides(self, **changes: Any) -> ServiceConfig:
+        """Return a copy with ``changes`` applied, type-checked and validated like a file.
+
+        Raises :class:`ConfigError` for an unknown field name, a value of the wrong type or
+        a value out of range. Note that ``upstream`` is not re-derived from a new API key.
+        """
+        current = {field.name: getattr(self, field.name) for field in _FIELDS}
+        return _build({**current, **changes}, labels={}, source=None)
+
+
+_FIELDS: Final = attrs.fields(attrs.resolve_types(ServiceConfig))
+_SECRET_FIELDS: Final = frozenset(field.name for field in _FIELDS if field.metadata.get(_SECRET))
+
+
+def env_var_name(field_name: str) -> str:
+    """Return the environment variable that sets ``field_name`` (``job_timeout`` →
+    ``TROUPE_JOB_TIMEOUT``)."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Build the service configuration from defaults, the TOML file at ``path`` and ``env``.
+
+    ``path`` of ``None`` reads no file. ``env`` defaults to ``os.environ``; only the
+    ``TROUPE_*`` variables named after fields and ``OPENROUTER_API_KEY`` are read.
+    Raises :class:`ConfigError` when the file is missing, unreadable or not TOML, holds an
+    unknown key or a value of the wrong type, or when any value is out of range. Blocks
+    briefly on reading the file.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    labels: dict[str, str] = {}
+    if path is not None:
+        values.update(_read_toml(path))
+    from_env = _read_env(environ)
+    values.update(from_env)
+    labels.update({name: env_var_name(name) for name in from_env})
+
+    if "upstream_api_key" not in from_env:
+        fallback = environ.get(OPENROUTER_KEY_VAR, "")
+        if fallback:
+            values["upstream_api_key"] = fallback
+            labels["upstream_api_key"] = OPENROUTER_KEY_VAR
+
+    if "upstream" not in values and values.get("upstream_api_key") is not None:
+        values["upstream"] = "openai"
+
+    return _build(values, labels=labels, source=None if path is None else str(path))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+
+
+_TRUE_WORDS: Final = frozenset({"1", "true", "yes"})
+_FALSE_WORDS: Final = frozenset({"0", "false", "no"})
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse the ``TROUPE_*`` variables into values of each field's type.
+
+    Ranges are left to the field validators; only the text-to-type step happens here.
+    """
+    parsed: dict[str, Any] = {}
+    for field in _FIELDS:
+        var = env_var_name(field.name)
+        text = environ.get(var, "")
+        if text == "":
+            continue
+        parsed[field.name] = _parse_env_text(var, text, field.type)
+    return parsed
+
+
+def _parse_env_text(var: str, text: str, field_type: Any) -> Any:
+    stripped = text.strip()
+    if field_type is bool:
+        word = stripped.lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        raise ConfigError(
+            f"{var}: not a boolean (use 1/0, true/false or yes/no): {text!r}", setting=var
+        )
+    if field_type is int:
+        try:
+            return int(stripped)
+        except ValueError:
+            raise ConfigError(f"{var}: not an integer: {text!r}", setting=var) from None
+    if field_type is float:
+        try:
+            return float(stripped)
+        except ValueError:
+            raise ConfigError(f"{var}: not a number: {text!r}", setting=var) from None
+    if _is_literal(field_type):
+        return stripped.lower()
+    # Strings (secrets included) are taken verbatim: whitespace may be part of a key.
+    return text
+
+
+def _is_literal(type_: Any) -> bool:
+    origin: Any = get_origin(type_)
+    return origin is Literal
+
+
+class _WrongType(ValueError):
+    """Raised by the structuring hooks; formatted into a message by :func:`_build`."""
+
+    def __init__(self, expected: str, value: Any) -> None:
+        super().__init__(f"expected {expected}")
+        self.expected = expected
+        self.value = value
+
+
+def _structure_int(value: Any, _type: Any) -> int:
+    # bool is an int subclass; `port = true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _WrongType("an integer", value)
+    return value
+
+
+def _structure_float(value: Any, _type: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _WrongType("a number", value)
+    return float(value)
+
+
+def _structure_bool(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _WrongType("true or false", value)
+    return value
+
+
+def _structure_str(value: Any, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise _WrongType("a string", value)
+    return value
+
+
+def _structure_path(value: Any, _type: Any) -> Path:
+    if not isinstance(value, str | os.PathLike):
+        raise _WrongType("a path string", value)
+    return Path(value)
+
+
+def _structure_choice(value: Any, _type: Any) -> str:
+    # Membership is the field validator's job, so its message lists the valid names.
+    if not isinstance(value, str):
+        raise _WrongType("a string", value)
+    return value.lower()
+
+
+def _make_converter() -> Converter:
+    converter = Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(Path, _structure_path)
+    converter.register_structure_hook_func(_is_literal, _structure_choice)
+    return converter
+
+
+_converter: Final = _make_converter()
+
+
+def _build(
+    values: dict[str, Any], *, labels: Mapping[str, str], source: str | None
+) -> ServiceConfig:
+    """Structure ``values`` into a config, turning every failure into a ConfigError.
+
+    ``labels`` maps a field to the name its value was given under (an environment
+    variable), so messages point at what the user actually wrote; ``source`` names the
+    file that unknown keys came from.
+    """
+    try:
+        return _converter.structure(values, ServiceConfig)
+    except ClassValidationError as group:
+        problems = [_describe(error, labels, source) for error in group.exceptions]
+        messages = [message for message, _ in problems]
+        raise ConfigError("; ".join(messages), setting=problems[0][1]) from None
+
+
+def _describe(
+    error: BaseException, labels: Mapping[str, str], source: str | None
+) -> tuple[str, str | None]:
+    """Return ``(message, setting)`` for one error out of a cattrs validation group.
+
+    cattrs puts the field validators' errors from ``__init__`` in the group too.
+    """
+    if isinstance(error, _InvalidValue):
+        label = labels.get(error.field_name, error.field_name)
+        return f"{label}: {error.problem}", label
+    if isinstance(error, ForbiddenExtraKeysError):
+        where = f" in {source}" if source is not None else ""
+        names = sorted(error.extra_fields)
+        listed = ", ".join(repr(name) for name in names)
+        noun = "setting" if len(names) == 1 else "settings"
+        return f"unknown {noun} {listed}{where}", names[0]
+    field_name = next(
+        (
+            note.name
+            for note in getattr(error, "__notes__", ())
+            if isinstance(note, AttributeValidationNote)
+        ),
+        None,
+    )
+    if field_name is None:
+        return str(error), None
+    label = labels.get(field_name, field_name)
+    if isinstance(error, _WrongType):
+        shown = (
+            f"a value of type {type(error.value).__name__}"
+            if field_name in _SECRET_FIELDS
+            else repr(error.value)
+        )
+        return f"{label}: expected {error.expected} (got {shown})", label
+    return f"{label}: {error}", label

@@ -1,0 +1,444 @@
+"""The streaming client for OpenAI-compatible chat completion APIs (OpenRouter by default)."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+import orjson
+import stamina
+import structlog
+import trio
+
+from actors.model import Usage
+from actors.upstream.errors import UpstreamError, is_retryable_status
+from actors.upstream.events import (
+    KeepAlive,
+    StreamOpened,
+    StreamResult,
+    TextDelta,
+    UpstreamEvent,
+    UpstreamRequest,
+)
+from actors.upstream.sse import SSEComment, SSEDecoder
+
+__all__ = ["DEFAULT_BASE_URL", "MAX_RETRY_AFTER", "OpenAICompatibleUpstream"]
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+
+#: The longest ``Retry-After`` honoured, in seconds; a larger value is cut to this.
+MAX_RETRY_AFTER = 60.0
+
+_log = structlog.get_logger(__name__)
+
+# What the socket reader hands the stream parser: a piece of the body, or the transport
+# failure that ended it. End of body is the closing of the channel.
+_BodyItem = bytes | httpx.HTTPError
+
+
+class OpenAICompatibleUpstream:
+    """Streams chat completions from ``{base_url}/chat/completions`` over SSE.
+
+    ``api_key`` is used unless a request carries its own. ``idle_timeout`` bounds the wait
+    for the response headers and then for each SSE event (keep-alive comments count);
+    ``connect_timeout`` bounds connecting. Failures that are transient (HTTP 408, 429,
+    5xx, transport errors, a stream that ended before any output) are retried up to
+    ``max_attempts`` attempts in total, but only while no TextDelta has been delivered:
+    exponential backoff from ``backoff_initial`` capped at ``backoff_max``, or the
+    ``Retry-After`` the upstream asked for (capped at :data:`MAX_RETRY_AFTER`).
+    ``extra_headers`` (such as OpenRouter's ``HTTP-Referer`` / ``X-Title``) go with every
+    request. A ``client`` passed in is used as is and left open by :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        *,
+        idle_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        max_attempts: int = 4,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 8.0,
+        extra_headers: Mapping[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if idle_timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._api_key = api_key
+        self._idle_timeout = idle_timeout
+        self._connect_timeout = connect_timeout
+        self._max_attempts = max_attempts
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._extra_headers = dict(extra_headers or {})
+        self._owns_client = client is None
+        # Reads are unbounded for httpx: the idle timeout is ours, on trio's clock.
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=connect_timeout, read=None, write=connect_timeout, pool=connect_timeout
+            ),
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleUpstream(url={self._url!r})"
+
+    async def __aenter__(self) -> OpenAICompatibleUpstream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this upstream created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def stream(
+        self,
+        request: UpstreamRequest,
+        on_event: Callable[[UpstreamEvent], Awaitable[None]],
+    ) -> StreamResult:
+        """Run one streaming chat completion, calling ``on_event`` for each event in order.
+
+        Events: StreamOpened once per attempt that got a 2xx answer, then TextDelta and
+        KeepAlive in stream order. Returns the StreamResult once ``[DONE]`` arrived, or the
+        body ended after a ``finish_reason``. Raises UpstreamError for every other ending
+        (see its codes), after the retries described on the class; ``no_api_key`` is raised
+        before any network traffic. Exceptions from ``on_event`` propagate unchanged and
+        are never retried. Blocks for the whole generation and the backoff between
+        attempts; cancelling it closes the HTTP response at once, which stops the
+        upstream's generation.
+        """
+        api_key = request.api_key or self._api_key
+        if not api_key:
+            raise UpstreamError("no_api_key", "no API key configured for the upstream")
+        progress = _Progress()
+
+        def retry_delay(exc: Exception) -> bool | float:
+            # Once text reached the caller, a new attempt would repeat it: never retry then.
+            if not isinstance(exc, UpstreamError) or not exc.retryable or progress.delivered:
+                return False
+            _log.info(
+                "upstream.retrying",
+                model=request.model,
+                code=exc.code,
+                status=exc.status,
+                retry_after=exc.retry_after,
+            )
+            if exc.retry_after is not None:
+                return min(exc.retry_after, MAX_RETRY_AFTER)
+            return True
+
+        async for attempt in stamina.retry_context(
+            on=retry_delay,
+            attempts=self._max_attempts,
+            timeout=None,
+            wait_initial=self._backoff_initial,
+            wait_max=self._backoff_max,
+            # A little jitter keeps many jobs hit by the same outage from retrying in step.
+            wait_jitter=self._backoff_initial / 4,
+        ):
+            with attempt:
+                return await self._attempt(request, api_key, on_event, progress)
+        raise AssertionError("the retry loop either returns or raises")
+
+    async def _attempt(
+        self,
+        request: UpstreamRequest,
+        api_key: str,
+        on_event: Callable[[UpstreamEvent], Awaitable[None]],
+        progress: _Progress,
+    ) -> StreamResult:
+        body = {**request.params, "model": request.model, "messages": request.messages}
+        body["stream"] = True
+        headers = {
+            **self._extra_headers,
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+        }
+        _log.debug("upstream.request", model=request.model, url=self._url)
+        try:
+            with trio.CancelScope() as headers_wait:
+                headers_wait.deadline = (
+                    trio.current_time() + self._connect_timeout + self._idle_timeout
+                )
+                async with self._client.stream(
+                    "POST", self._url, content=orjson.dumps(body), headers=headers
+                ) as response:
+                    if not 200 <= response.status_code <= 299:
+                        headers_wait.deadline = trio.current_time() + self._idle_timeout
+                        raw = await response.aread()
+                        raise _http_error(response, raw, api_key)
+                    headers_wait.deadline = math.inf
+                    generation_id = response.headers.get("x-generation-id")
+                    await on_event(StreamOpened(generation_id))
+                    return await self._read_events(
+                        response, generation_id, api_key, on_event, progress
+                    )
+        except httpx.HTTPError as exc:
+            raise _connection_error(exc, api_key) from None
+        raise UpstreamError(
+            "idle_timeout",
+            f"no response from the upstream within {self._idle_timeout:g} s",
+            retryable=False,
+        )
+
+    async def _read_events(
+        self,
+        response: httpx.Response,
+        generation_id: str | None,
+        api_key: str,
+        on_event: Callable[[UpstreamEvent], Awaitable[None]],
+        progress: _Progress,
+    ) -> StreamResult:
+        # The body is read by a separate task that never checkpoints outside httpx's
+        # iterators. Cancellation therefore always lands inside them and unwinds them
+        # cleanly; leaving them half-consumed (by a break, an exception or a cancel
+        # inside on_event) would leave async generators for the garbage collector.
+        # The channel is unbounded, but what fills it is paced by the model's output.
+        send, receive = trio.open_memory_channel[_BodyItem](math.inf)
+        parser = _ChunkParser(generation_id, api_key)
+        outcome: StreamResult | Exception
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_pump_body, response, send)
+            try:
+                outcome = await self._parse_body(receive, parser, on_event, progress)
+            except Exception as exc:
+                outcome = exc
+            nursery.cancel_scope.cancel()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _parse_body(
+        self,
+        receive: trio.MemoryReceiveChannel[_BodyItem],
+        parser: _ChunkParser,
+        on_event: Callable[[UpstreamEvent], Awaitable[None]],
+        progress: _Progress,
+    ) -> StreamResult:
+        decoder = SSEDecoder()
+        deadline = trio.current_time() + self._idle_timeout
+        while True:
+            item: _BodyItem | None = None
+            with trio.move_on_at(deadline) as idle:
+                try:
+                    item = await receive.receive()
+                except trio.EndOfChannel:
+                    item = None
+            if idle.cancelled_caught:
+                raise UpstreamError(
+                    "idle_timeout",
+                    f"no event from the upstream for {self._idle_timeout:g} s",
+                    retryable=False,
+                )
+            if isinstance(item, httpx.HTTPError):
+                raise _connection_error(item, parser.api_key)
+            sse_items = decoder.finish() if item is None else decoder.feed(item)
+            if sse_items:
+                deadline = trio.current_time() + self._idle_timeout
+            for sse in sse_items:
+                if isinstance(sse, SSEComment):
+                    await on_event(KeepAlive())
+                    continue
+                if sse.data.strip() == "[DONE]":
+                    return parser.result()
+                for delta in parser.parse(sse.data):
+                    progress.delivered = True
+                    await on_event(delta)
+                # Checked after the chunk's own text went out, so that text is not lost.
+                if parser.finish_reason == "error":
+                    raise UpstreamError(
+                        "finish_error", "the upstream finished with finish_reason 'error'"
+                    )
+            if item is None:
+                if parser.finish_reason is not None:
+                    return parser.result()
+                raise UpstreamError(
+                    "truncated",
+                    "the upstream stream ended before [DONE] and before a finish_reason",
+                    # Nothing was shown yet, so a fresh attempt is as good as the first.
+                    retryable=not progress.delivered,
+                )
+
+
+class _Progress:
+    """What one ``stream()`` call has delivered so far, shared across its attempts."""
+
+    def __init__(self) -> None:
+        self.delivered = False
+
+
+class _ChunkParser:
+    """Interprets the JSON chunks of one attempt and remembers how the stream ends."""
+
+    def __init__(self, generation_id: str | None, api_key: str) -> None:
+        self.generation_id = generation_id
+        self.api_key = api_key
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def result(self) -> StreamResult:
+        return StreamResult(self.finish_reason, self.usage, self.generation_id)
+
+    def parse(self, data: str) -> list[TextDelta]:
+        """Return the deltas one ``data`` payload carries; raise UpstreamError on failure."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                "bad_chunk", f"the upstream sent a data line that is not JSON: {data[:200]!r}"
+            ) from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError(
+                "bad_chunk", f"the upstream sent a non-object chunk: {data[:200]!r}"
+            )
+        if self.generation_id is None and isinstance(chunk.get("id"), str):
+            self.generation_id = chunk["id"]
+        error = chunk.get("error")
+        if error:
+            raise _stream_error(error, self.api_key)
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = _parse_usage(usage)
+        deltas: list[TextDelta] = []
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = _text(delta.get("content"))
+                # "reasoning" is OpenRouter's name; some servers say "reasoning_content".
+                reasoning = _text(delta.get("reasoning")) or _text(delta.get("reasoning_content"))
+                if content or reasoning:
+                    deltas.append(TextDelta(content=content, reasoning=reasoning))
+            finish_reason = choice.get("finish_reason")
+            if isinstance(finish_reason, str) and finish_reason:
+                self.finish_reason = finish_reason
+        return deltas
+
+
+async def _pump_body(response: httpx.Response, send: trio.MemorySendChannel[_BodyItem]) -> None:
+    """Copy the response body into ``send``; never checkpoints outside httpx's iterators."""
+    with send:
+        try:
+            async for piece in response.aiter_bytes():
+                send.send_nowait(piece)
+        except httpx.HTTPError as exc:
+            send.send_nowait(exc)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _parse_usage(usage: dict[str, Any]) -> Usage:
+    details = usage.get("completion_tokens_details")
+    reasoning_tokens = _int(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+    cost = usage.get("cost")
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        total_tokens=_int(usage.get("total_tokens")),
+        reasoning_tokens=reasoning_tokens,
+        cost=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+    )
+
+
+def _redact(text: str, api_key: str) -> str:
+    return text.replace(api_key, "[redacted]") if api_key else text
+
+
+def _error_message(error: object) -> tuple[object, str | None]:
+    """Return the ``code`` and ``message`` of an ``{"code", "message"}`` error object."""
+    if isinstance(error, dict):
+        message = error.get("message")
+        return error.get("code"), message if isinstance(message, str) else None
+    if isinstance(error, str):
+        return None, error
+    return None, None
+
+
+def _stream_error(error: object, api_key: str) -> UpstreamError:
+    code, message = _error_message(error)
+    # Providers put an HTTP-like status in "code"; a transient one before any output
+    # is worth another attempt.
+    status = code if isinstance(code, int) and not isinstance(code, bool) else None
+    text = message or "the upstream reported an error mid-stream"
+    if code is not None:
+        text = f"{text} (code {code})"
+    return UpstreamError(
+        "stream_error",
+        _redact(text, api_key),
+        status=None,
+        retryable=status is not None and is_retryable_status(status),
+    )
+
+
+def _http_error(response: httpx.Response, raw: bytes, api_key: str) -> UpstreamError:
+    status = response.status_code
+    message: str | None = None
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        _, message = _error_message(parsed.get("error"))
+    if message is None:
+        message = raw[:300].decode("utf-8", errors="replace").strip() or response.reason_phrase
+    retryable = is_retryable_status(status)
+    return UpstreamError(
+        f"http_{status}",
+        _redact(message or f"HTTP {status}", api_key),
+        status=status,
+        retryable=retryable,
+        retry_after=_retry_after(response.headers.get("retry-after")) if retryable else None,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Parse ``Retry-After`` as seconds (integer or decimal) or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _connection_error(exc: httpx.HTTPError, api_key: str) -> UpstreamError:
+    detail = str(exc) or type(exc).__name__
+    return UpstreamError(
+        "connection_error",
+        _redact(f"{type(exc).__name__}: {detail}", api_key),
+        retryable=isinstance(exc, httpx.TransportError),
+    )

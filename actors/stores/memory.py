@@ -1,0 +1,269 @@
+"""The in-memory store: jobs, deltas and notifications in dicts, lost at exit.
+
+Every method checkpoints once, first, and then does all of its work without
+awaiting. trio switches tasks only at checkpoints, so each operation is atomic
+with respect to every other task and the dicts need no lock; a cancellation
+lands on that first checkpoint, before anything has changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+
+import attrs
+import trio
+
+from actors.model import TERMINAL_STATUSES, Delta, Job, JobStatus, Notification, Owner
+from actors.stores.protocol import (
+    StoreError,
+    as_utc,
+    check_delta_job,
+    new_deltas_in_order,
+)
+
+__all__ = ["MemoryStore"]
+
+_ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.STREAMING})
+
+
+class MemoryStore:
+    """Implements :class:`~actors.stores.protocol.Store` in process memory."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        # Per job, ascending by seq: append_deltas only ever adds seqs above last_seq.
+        self._deltas: dict[str, list[Delta]] = {}
+        self._notifications: dict[str, Notification] = {}
+        self._notification_by_job: dict[str, str] = {}
+        self._muted: set[tuple[str, str, str]] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<MemoryStore jobs={len(self._jobs)} notifications={len(self._notifications)}"
+            f"{' closed' if self._closed else ''}>"
+        )
+
+    async def _enter(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise StoreError("store is closed")
+
+    # -- jobs ---------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> None:
+        """See :meth:`JobStore.create_job`."""
+        await self._enter()
+        job = _job_in_utc(job)
+        if job.id in self._jobs:
+            raise StoreError(f"job {job.id!r} already exists")
+        self._jobs[job.id] = job
+        self._deltas[job.id] = []
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """See :meth:`JobStore.get_job`."""
+        await self._enter()
+        return self._jobs.get(job_id)
+
+    async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[Job]:
+        """See :meth:`JobStore.list_jobs`."""
+        await self._enter()
+        jobs = [
+            job
+            for job in self._jobs.values()
+            if job.owner == owner and (status is None or job.status is status)
+        ]
+        return sorted(jobs, key=lambda job: (job.started_at, job.id), reverse=True)
+
+    async def append_deltas(self, job_id: str, deltas: Sequence[Delta]) -> None:
+        """See :meth:`JobStore.append_deltas`."""
+        await self._enter()
+        check_delta_job(job_id, deltas)
+        job = self._jobs.get(job_id)
+        if job is None or job.status.is_terminal:
+            return
+        taken = new_deltas_in_order(deltas, job.last_seq)
+        if not taken:
+            return
+        self._deltas[job_id].extend(taken)
+        self._jobs[job_id] = attrs.evolve(
+            job,
+            content=job.content + "".join(d.content for d in taken),
+            reasoning=job.reasoning + "".join(d.reasoning for d in taken),
+            chunks_received=job.chunks_received + len(taken),
+            last_seq=taken[-1].seq,
+        )
+
+    async def update_job(self, job: Job) -> bool:
+        """See :meth:`JobStore.update_job`."""
+        await self._enter()
+        completed_at = _optional_utc(job.completed_at, "completed_at")
+        stored = self._jobs.get(job.id)
+        if stored is None or stored.status.is_terminal:
+            return False
+        self._jobs[job.id] = attrs.evolve(
+            stored,
+            status=job.status,
+            error=job.error,
+            completed_at=completed_at,
+            finish_reason=job.finish_reason,
+            usage=job.usage,
+            generation_id=job.generation_id,
+            model=job.model,
+        )
+        return True
+
+    async def get_deltas(self, job_id: str, after_seq: int = 0) -> list[Delta]:
+        """See :meth:`JobStore.get_deltas`."""
+        await self._enter()
+        return [d for d in self._deltas.get(job_id, ()) if d.seq > after_seq]
+
+    async def list_jobs_by_status(self, statuses: Collection[JobStatus]) -> list[Job]:
+        """See :meth:`JobStore.list_jobs_by_status`."""
+        await self._enter()
+        wanted = frozenset(statuses)
+        jobs = [job for job in self._jobs.values() if job.status in wanted]
+        return sorted(jobs, key=lambda job: (job.started_at, job.id))
+
+    async def delete_finished_before(self, cutoff: datetime) -> list[str]:
+        """See :meth:`JobStore.delete_finished_before`."""
+        await self._enter()
+        cutoff = as_utc(cutoff, "cutoff")
+        expired = sorted(
+            (
+                job
+                for job in self._jobs.values()
+                if job.status in TERMINAL_STATUSES
+                and job.completed_at is not None
+                and job.completed_at < cutoff
+            ),
+            key=lambda job: (job.completed_at, job.id),
+        )
+        for job in expired:
+            del self._jobs[job.id]
+            del self._deltas[job.id]
+        return [job.id for job in expired]
+
+    async def count_active(self) -> int:
+        """See :meth:`JobStore.count_active`."""
+        await self._enter()
+        return sum(1 for job in self._jobs.values() if job.status in _ACTIVE_STATUSES)
+
+    # -- notifications ------------------------------------------------------
+
+    async def add_notification(self, n: Notification) -> bool:
+        """See :meth:`NotificationStore.add_notification`."""
+        await self._enter()
+        n = attrs.evolve(
+            n,
+            created_at=as_utc(n.created_at, "created_at"),
+            read_at=_optional_utc(n.read_at, "read_at"),
+        )
+        if n.job_id in self._notification_by_job:
+            return False
+        if n.id in self._notifications:
+            raise StoreError(f"notification {n.id!r} already exists")
+        self._notifications[n.id] = n
+        self._notification_by_job[n.job_id] = n.id
+        return True
+
+    async def list_notifications(
+        self, owner: Owner, *, unread_only: bool = False, limit: int = 50
+    ) -> list[Notification]:
+        """See :meth:`NotificationStore.list_notifications`."""
+        await self._enter()
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        found = [
+            n
+            for n in self._notifications.values()
+            if _owns(owner, n) and not (unread_only and n.read_at is not None)
+        ]
+        found.sort(key=lambda n: (n.created_at, n.id), reverse=True)
+        return found[:limit]
+
+    async def get_notification(self, owner: Owner, notification_id: str) -> Notification | None:
+        """See :meth:`NotificationStore.get_notification`."""
+        await self._enter()
+        return self._owned_notification(owner, notification_id)
+
+    async def mark_read(self, owner: Owner, notification_id: str, at: datetime) -> bool:
+        """See :meth:`NotificationStore.mark_read`."""
+        await self._enter()
+        at = as_utc(at, "at")
+        n = self._owned_notification(owner, notification_id)
+        if n is None:
+            return False
+        if n.read_at is None:
+            self._notifications[n.id] = attrs.evolve(n, read_at=at)
+        return True
+
+    async def mark_all_read(self, owner: Owner, at: datetime) -> int:
+        """See :meth:`NotificationStore.mark_all_read`."""
+        await self._enter()
+        at = as_utc(at, "at")
+        unread = [n for n in self._notifications.values() if _owns(owner, n) and n.read_at is None]
+        for n in unread:
+            self._notifications[n.id] = attrs.evolve(n, read_at=at)
+        return len(unread)
+
+    async def delete_notification(self, owner: Owner, notification_id: str) -> bool:
+        """See :meth:`NotificationStore.delete_notification`."""
+        await self._enter()
+        n = self._owned_notification(owner, notification_id)
+        if n is None:
+            return False
+        del self._notifications[n.id]
+        del self._notification_by_job[n.job_id]
+        return True
+
+    async def set_thread_muted(self, owner: Owner, thread_id: str, muted: bool) -> None:
+        """See :meth:`NotificationStore.set_thread_muted`."""
+        await self._enter()
+        key = (owner.user_id, owner.workspace_id, thread_id)
+        if muted:
+            self._muted.add(key)
+        else:
+            self._muted.discard(key)
+
+    async def is_thread_muted(self, owner: Owner, thread_id: str) -> bool:
+        """See :meth:`NotificationStore.is_thread_muted`."""
+        await self._enter()
+        return (owner.user_id, owner.workspace_id, thread_id) in self._muted
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Return at once; raise :class:`StoreError` once closed."""
+        await self._enter()
+
+    async def aclose(self) -> None:
+        """Drop all data and refuse further calls. Idempotent."""
+        await trio.lowlevel.checkpoint()
+        self._closed = True
+        self._jobs.clear()
+        self._deltas.clear()
+        self._notifications.clear()
+        self._notification_by_job.clear()
+        self._muted.clear()
+
+    def _owned_notification(self, owner: Owner, notification_id: str) -> Notification | None:
+        n = self._notifications.get(notification_id)
+        return n if n is not None and _owns(owner, n) else None
+
+
+def _owns(owner: Owner, n: Notification) -> bool:
+    return n.user_id == owner.user_id and n.workspace_id == owner.workspace_id
+
+
+def _optional_utc(value: datetime | None, what: str) -> datetime | None:
+    return None if value is None else as_utc(value, what)
+
+
+def _job_in_utc(job: Job) -> Job:
+    return attrs.evolve(
+        job,
+        started_at=as_utc(job.started_at, "started_at"),
+        completed_at=_optional_utc(job.completed_at, "completed_at"),
+    )

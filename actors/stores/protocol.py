@@ -1,0 +1,184 @@
+"""What a store promises: the job store, the notification store, and their error.
+
+The job registry and the notifier are the only callers. The registry enforces the
+concurrency cap and terminal-state finality in memory; a store enforces finality
+again on its own (defence in depth), and every method is safe to call from
+several trio tasks at once.
+
+Datetimes handed to a store must be timezone-aware (a naive one raises
+ValueError); a store hands back aware UTC datetimes for the same instants. Other
+caller mistakes raise ValueError too; :class:`StoreError` is for what the store
+itself cannot do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from actors.model import Delta, Job, JobStatus, Notification, Owner
+
+__all__ = [
+    "JobStore",
+    "NotificationStore",
+    "Store",
+    "StoreError",
+    "as_utc",
+    "check_delta_job",
+    "new_deltas_in_order",
+]
+
+
+class StoreError(Exception):
+    """A store could not do what was asked: a duplicate id, a closed store, an
+    unreachable or unusable backend, a database newer than this code."""
+
+
+class JobStore(Protocol):
+    """Jobs and their deltas."""
+
+    async def create_job(self, job: Job) -> None:
+        """Insert ``job``. Raises :class:`StoreError` if a job with its id exists."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """Return the job, or None if there is none with that id."""
+        ...
+
+    async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[Job]:
+        """Return ``owner``'s jobs (both user and workspace must match), newest
+        ``started_at`` first, optionally only those in ``status``."""
+        ...
+
+    async def append_deltas(self, job_id: str, deltas: Sequence[Delta]) -> None:
+        """Atomically store ``deltas`` and grow the job by them.
+
+        In ``seq`` order, each delta's content and reasoning are appended to the
+        job's; ``chunks_received`` grows by the number of deltas taken and
+        ``last_seq`` becomes the largest seq taken. Deltas with ``seq`` at or
+        below the job's ``last_seq`` (or repeated within the batch) are skipped,
+        so re-appending after a crash is harmless. Nothing happens if the job is
+        terminal or missing. Raises ValueError, changing nothing, if a delta
+        belongs to another job.
+        """
+        ...
+
+    async def update_job(self, job: Job) -> bool:
+        """Write ``job``'s status, error, completed_at, finish_reason, usage,
+        generation_id and model over the stored job with its id.
+
+        content, reasoning, chunks_received and last_seq are left alone: they
+        only grow through :meth:`append_deltas`. Returns False, changing nothing,
+        when the stored job is terminal or missing; True otherwise.
+        """
+        ...
+
+    async def get_deltas(self, job_id: str, after_seq: int = 0) -> list[Delta]:
+        """Return the job's stored deltas with ``seq > after_seq``, ascending."""
+        ...
+
+    async def list_jobs_by_status(self, statuses: Collection[JobStatus]) -> list[Job]:
+        """Return every job (any owner) in one of ``statuses``, oldest
+        ``started_at`` first. Used for recovery at start."""
+        ...
+
+    async def delete_finished_before(self, cutoff: datetime) -> list[str]:
+        """Delete terminal jobs whose ``completed_at`` is before ``cutoff``,
+        with their deltas, and return their ids. A terminal job without a
+        ``completed_at`` is kept."""
+        ...
+
+    async def count_active(self) -> int:
+        """Return the number of jobs that are queued or streaming."""
+        ...
+
+    async def ping(self) -> None:
+        """Return if the backend answers; raise :class:`StoreError` if not."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush pending writes and release resources. Idempotent; afterwards
+        every other method raises :class:`StoreError`."""
+        ...
+
+
+class NotificationStore(Protocol):
+    """Notifications and muted threads, always scoped by owner."""
+
+    async def add_notification(self, n: Notification) -> bool:
+        """Store ``n`` and return True; return False, storing nothing, if a
+        notification for the same ``job_id`` exists (one notification per job,
+        across restarts). Raises :class:`StoreError` if its id exists."""
+        ...
+
+    async def list_notifications(
+        self, owner: Owner, *, unread_only: bool = False, limit: int = 50
+    ) -> list[Notification]:
+        """Return at most ``limit`` of ``owner``'s notifications, newest
+        ``created_at`` first. Raises ValueError for a negative limit."""
+        ...
+
+    async def get_notification(self, owner: Owner, notification_id: str) -> Notification | None:
+        """Return the notification if it exists and is ``owner``'s, else None."""
+        ...
+
+    async def mark_read(self, owner: Owner, notification_id: str, at: datetime) -> bool:
+        """Set ``read_at`` to ``at`` and return True. A notification already read
+        keeps its ``read_at`` and still gives True. Returns False if it is
+        missing or not ``owner``'s."""
+        ...
+
+    async def mark_all_read(self, owner: Owner, at: datetime) -> int:
+        """Mark every unread notification of ``owner`` read at ``at``; return
+        how many were marked."""
+        ...
+
+    async def delete_notification(self, owner: Owner, notification_id: str) -> bool:
+        """Delete the notification; False if it is missing or not ``owner``'s."""
+        ...
+
+    async def set_thread_muted(self, owner: Owner, thread_id: str, muted: bool) -> None:
+        """Mute or unmute ``thread_id`` for ``owner``. Idempotent."""
+        ...
+
+    async def is_thread_muted(self, owner: Owner, thread_id: str) -> bool:
+        """Return whether ``owner`` has muted ``thread_id``."""
+        ...
+
+    async def ping(self) -> None:
+        """Return if the backend answers; raise :class:`StoreError` if not."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush pending writes and release resources. Idempotent."""
+        ...
+
+
+class Store(JobStore, NotificationStore, Protocol):
+    """One backend serving both jobs and notifications; what the factory builds."""
+
+
+def as_utc(value: datetime, what: str) -> datetime:
+    """Return the UTC datetime for the instant ``value``; raise ValueError naming
+    ``what`` if ``value`` is naive, since a naive time names no single instant."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, got naive {value!r}")
+    return value.astimezone(UTC)
+
+
+def check_delta_job(job_id: str, deltas: Sequence[Delta]) -> None:
+    """Raise ValueError if any of ``deltas`` belongs to a job other than ``job_id``."""
+    for d in deltas:
+        if d.job_id != job_id:
+            raise ValueError(f"delta for job {d.job_id!r} passed to append_deltas for {job_id!r}")
+
+
+def new_deltas_in_order(deltas: Sequence[Delta], last_seq: int) -> list[Delta]:
+    """Return the deltas an append takes: those with ``seq > last_seq``, in seq
+    order, keeping the first of any repeated seq."""
+    taken: dict[int, Delta] = {}
+    for d in deltas:
+        if d.seq > last_seq and d.seq not in taken:
+            taken[d.seq] = d
+    return [taken[seq] for seq in sorted(taken)]

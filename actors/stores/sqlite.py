@@ -1,0 +1,586 @@
+"""The SQLite store: jobs, deltas and notifications in one WAL-mode database file.
+
+Writes go to the single writer thread (:mod:`actors.stores.sqlite_writer`),
+which commits them in groups. Reads run in trio's worker threads on a separate
+read-only connection; WAL mode lets them read the last committed state while the
+writer writes. A write has been committed by the time its call returns, so a
+task always reads its own writes.
+
+Datetimes are stored as ISO 8601 text in UTC with microseconds, a fixed-width
+form whose text order is time order; usage and notification actions as JSON.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from actors.model import (
+    TERMINAL_STATUSES,
+    Delta,
+    Job,
+    JobStatus,
+    Notification,
+    NotificationAction,
+    NotificationType,
+    Owner,
+    Usage,
+)
+from actors.stores.migrations import migrate
+from actors.stores.protocol import (
+    StoreError,
+    as_utc,
+    check_delta_job,
+    new_deltas_in_order,
+)
+from actors.stores.sqlite_writer import SqliteWriter
+from runtime import codec
+
+__all__ = ["SqliteJobStore", "SqliteStore"]
+
+T = TypeVar("T")
+
+_Actions = tuple[NotificationAction, ...]
+
+_JOB_COLUMNS = (
+    "id, user_id, workspace_id, thread_id, message_id, model, status, started_at, content, "
+    "reasoning, chunks_received, last_seq, completed_at, error, finish_reason, usage, "
+    "generation_id"
+)
+_NOTIFICATION_COLUMNS = (
+    "id, user_id, workspace_id, thread_id, job_id, type, title, body, created_at, actions, read_at"
+)
+
+
+def _sql_list(statuses: Collection[JobStatus]) -> str:
+    # Inlined into SQL text: the values are our own enum's, never user input.
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses, key=lambda s: s.value)) + ")"
+
+
+_TERMINAL = _sql_list(TERMINAL_STATUSES)
+_ACTIVE = _sql_list(set(JobStatus) - TERMINAL_STATUSES)
+
+
+class SqliteStore:
+    """Implements :class:`~actors.stores.protocol.Store` in a SQLite file.
+
+    Construction opens (or creates) the database at ``path``, turns on WAL,
+    applies pending schema migrations and starts the writer thread. It blocks
+    on disk I/O, so from trio construct it in ``trio.to_thread.run_sync``. The
+    parent directory must exist. Raises :class:`StoreError` if the file cannot
+    be opened or its schema is newer than this code.
+
+    ``max_batch`` bounds how many writes share one commit.
+    """
+
+    def __init__(self, path: Path, *, max_batch: int = 1000) -> None:
+        self.path = path
+        write_conn: sqlite3.Connection | None = None
+        read_conn: sqlite3.Connection | None = None
+        try:
+            write_conn = _connect(path)
+            mode = write_conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot put SQLite store at {path} in WAL mode (got {mode!r})")
+            migrate(write_conn)
+            read_conn = _connect(path)
+            read_conn.execute("PRAGMA query_only = ON")
+        except (sqlite3.Error, StoreError) as exc:
+            for conn in (read_conn, write_conn):
+                if conn is not None:
+                    conn.close()
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"cannot open SQLite store at {path}: {exc}") from exc
+        self._read_conn = read_conn
+        # One read connection, used by one worker thread at a time.
+        self._read_lock = trio.Lock()
+        self._writer = SqliteWriter(write_conn, max_batch=max_batch, name=f"sqlite-writer:{path}")
+        self._closed = False
+        self._close_done: trio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {str(self.path)!r}{' closed' if self._closed else ''}>"
+
+    @property
+    def commit_count(self) -> int:
+        """How many write transactions have been committed since opening."""
+        return self._writer.commits
+
+    @property
+    def write_count(self) -> int:
+        """How many write operations have been run since opening."""
+        return self._writer.operations
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("store is closed")
+        return await self._writer.submit(operation)
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError("store is closed")
+        async with self._read_lock:
+            if self._closed:
+                raise StoreError("store is closed")
+            try:
+                return await trio.to_thread.run_sync(query, self._read_conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"read failed: {exc}") from exc
+
+    # -- jobs ---------------------------------------------------------------
+
+    async def create_job(self, job: Job) -> None:
+        """See :meth:`JobStore.create_job`."""
+        row = _job_to_row(job)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_placeholders(len(row))})", row
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"job {job.id!r} already exists") from exc
+
+        await self._write(insert)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """See :meth:`JobStore.get_job`."""
+
+        def select(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            return None if row is None else _row_to_job(row)
+
+        return await self._read(select)
+
+    async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[Job]:
+        """See :meth:`JobStore.list_jobs`."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE user_id = ? AND workspace_id = ?"
+        params: list[Any] = [owner.user_id, owner.workspace_id]
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status.value)
+        sql += " ORDER BY started_at DESC, id DESC"
+
+        def select(conn: sqlite3.Connection) -> list[Job]:
+            return [_row_to_job(row) for row in conn.execute(sql, params)]
+
+        return await self._read(select)
+
+    async def append_deltas(self, job_id: str, deltas: Sequence[Delta]) -> None:
+        """See :meth:`JobStore.append_deltas`."""
+        check_delta_job(job_id, deltas)
+        batch = list(deltas)
+
+        def append(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT status, last_seq FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None or JobStatus(row[0]).is_terminal:
+                return
+            taken = new_deltas_in_order(batch, int(row[1]))
+            if not taken:
+                return
+            conn.executemany(
+                "INSERT INTO deltas (job_id, seq, content, reasoning) VALUES (?, ?, ?, ?)",
+                [(job_id, d.seq, d.content, d.reasoning) for d in taken],
+            )
+            conn.execute(
+                "UPDATE jobs SET content = content || ?, reasoning = reasoning || ?, "
+                "chunks_received = chunks_received + ?, last_seq = ? WHERE id = ?",
+                (
+                    "".join(d.content for d in taken),
+                    "".join(d.reasoning for d in taken),
+                    len(taken),
+                    taken[-1].seq,
+                    job_id,
+                ),
+            )
+
+        await self._write(append)
+
+    async def update_job(self, job: Job) -> bool:
+        """See :meth:`JobStore.update_job`."""
+        params = (
+            job.status.value,
+            job.error,
+            _optional_time_to_text(job.completed_at, "completed_at"),
+            job.finish_reason,
+            _usage_to_text(job.usage),
+            job.generation_id,
+            job.model,
+            job.id,
+        )
+
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE jobs SET status = ?, error = ?, completed_at = ?, finish_reason = ?, "
+                "usage = ?, generation_id = ?, model = ? "
+                f"WHERE id = ? AND status NOT IN {_TERMINAL}",
+                params,
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(update)
+
+    async def get_deltas(self, job_id: str, after_seq: int = 0) -> list[Delta]:
+        """See :meth:`JobStore.get_deltas`."""
+
+        def select(conn: sqlite3.Connection) -> list[Delta]:
+            rows = conn.execute(
+                "SELECT seq, content, reasoning FROM deltas WHERE job_id = ? AND seq > ? "
+                "ORDER BY seq",
+                (job_id, after_seq),
+            )
+            return [Delta(job_id, seq, content, reasoning) for seq, content, reasoning in rows]
+
+        return await self._read(select)
+
+    async def list_jobs_by_status(self, statuses: Collection[JobStatus]) -> list[Job]:
+        """See :meth:`JobStore.list_jobs_by_status`."""
+        values = sorted({s.value for s in statuses})
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({_placeholders(len(values))}) "
+            "ORDER BY started_at, id"
+        )
+
+        def select(conn: sqlite3.Connection) -> list[Job]:
+            return [_row_to_job(row) for row in conn.execute(sql, values)]
+
+        return await self._read(select)
+
+    async def delete_finished_before(self, cutoff: datetime) -> list[str]:
+        """See :meth:`JobStore.delete_finished_before`."""
+        cutoff_text = _time_to_text(cutoff, "cutoff")
+
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            # Deltas go with their job through ON DELETE CASCADE.
+            rows = conn.execute(
+                f"DELETE FROM jobs WHERE status IN {_TERMINAL} "
+                "AND completed_at IS NOT NULL AND completed_at < ? RETURNING id, completed_at",
+                (cutoff_text,),
+            ).fetchall()
+            return [job_id for job_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+        return await self._write(delete)
+
+    async def count_active(self) -> int:
+        """See :meth:`JobStore.count_active`."""
+
+        def count(conn: sqlite3.Connection) -> int:
+            row = conn.execute(f"SELECT count(*) FROM jobs WHERE status IN {_ACTIVE}").fetchone()
+            return int(row[0])
+
+        return await self._read(count)
+
+    # -- notifications ------------------------------------------------------
+
+    async def add_notification(self, n: Notification) -> bool:
+        """See :meth:`NotificationStore.add_notification`."""
+        row = _notification_to_row(n)
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            # Checked first, so re-adding the very same notification (same id,
+            # same job) is the quiet False the notifier relies on after a restart.
+            taken = conn.execute(
+                "SELECT 1 FROM notifications WHERE job_id = ?", (n.job_id,)
+            ).fetchone()
+            if taken is not None:
+                return False
+            try:
+                conn.execute(
+                    f"INSERT INTO notifications ({_NOTIFICATION_COLUMNS}) "
+                    f"VALUES ({_placeholders(len(row))})",
+                    row,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"notification {n.id!r} already exists") from exc
+            return True
+
+        return await self._write(insert)
+
+    async def list_notifications(
+        self, owner: Owner, *, unread_only: bool = False, limit: int = 50
+    ) -> list[Notification]:
+        """See :meth:`NotificationStore.list_notifications`."""
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        sql = (
+            f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications "
+            "WHERE user_id = ? AND workspace_id = ?"
+        )
+        if unread_only:
+            sql += " AND read_at IS NULL"
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params = (owner.user_id, owner.workspace_id, limit)
+
+        def select(conn: sqlite3.Connection) -> list[Notification]:
+            return [_row_to_notification(row) for row in conn.execute(sql, params)]
+
+        return await self._read(select)
+
+    async def get_notification(self, owner: Owner, notification_id: str) -> Notification | None:
+        """See :meth:`NotificationStore.get_notification`."""
+
+        def select(conn: sqlite3.Connection) -> Notification | None:
+            row = conn.execute(
+                f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications "
+                "WHERE id = ? AND user_id = ? AND workspace_id = ?",
+                (notification_id, owner.user_id, owner.workspace_id),
+            ).fetchone()
+            return None if row is None else _row_to_notification(row)
+
+        return await self._read(select)
+
+    async def mark_read(self, owner: Owner, notification_id: str, at: datetime) -> bool:
+        """See :meth:`NotificationStore.mark_read`."""
+        at_text = _time_to_text(at, "at")
+
+        def update(conn: sqlite3.Connection) -> bool:
+            # COALESCE keeps the first read_at, so marking twice is harmless.
+            cursor = conn.execute(
+                "UPDATE notifications SET read_at = COALESCE(read_at, ?) "
+                "WHERE id = ? AND user_id = ? AND workspace_id = ?",
+                (at_text, notification_id, owner.user_id, owner.workspace_id),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(update)
+
+    async def mark_all_read(self, owner: Owner, at: datetime) -> int:
+        """See :meth:`NotificationStore.mark_all_read`."""
+        at_text = _time_to_text(at, "at")
+
+        def update(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE notifications SET read_at = ? "
+                "WHERE user_id = ? AND workspace_id = ? AND read_at IS NULL",
+                (at_text, owner.user_id, owner.workspace_id),
+            )
+            return cursor.rowcount
+
+        return await self._write(update)
+
+    async def delete_notification(self, owner: Owner, notification_id: str) -> bool:
+        """See :meth:`NotificationStore.delete_notification`."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM notifications WHERE id = ? AND user_id = ? AND workspace_id = ?",
+                (notification_id, owner.user_id, owner.workspace_id),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(delete)
+
+    async def set_thread_muted(self, owner: Owner, thread_id: str, muted: bool) -> None:
+        """See :meth:`NotificationStore.set_thread_muted`."""
+        key = (owner.user_id, owner.workspace_id, thread_id)
+        sql = (
+            "INSERT OR IGNORE INTO muted_threads (user_id, workspace_id, thread_id) "
+            "VALUES (?, ?, ?)"
+            if muted
+            else "DELETE FROM muted_threads "
+            "WHERE user_id = ? AND workspace_id = ? AND thread_id = ?"
+        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, key)
+
+        await self._write(write)
+
+    async def is_thread_muted(self, owner: Owner, thread_id: str) -> bool:
+        """See :meth:`NotificationStore.is_thread_muted`."""
+
+        def select(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM muted_threads WHERE user_id = ? AND workspace_id = ? "
+                "AND thread_id = ?",
+                (owner.user_id, owner.workspace_id, thread_id),
+            ).fetchone()
+            return row is not None
+
+        return await self._read(select)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Return if the writer thread is running and the database answers a
+        query; raise :class:`StoreError` otherwise (also once closed)."""
+        if not self._closed and not self._writer.is_running:
+            raise StoreError(f"SQLite store at {self.path}: writer thread has stopped")
+
+        def select_one(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1").fetchone()
+
+        await self._read(select_one)
+
+    async def aclose(self) -> None:
+        """Commit every write already submitted, stop the writer thread and
+        close both connections. Idempotent; a concurrent second call waits for
+        the first to finish. Blocks until the writer has drained; shielded from
+        cancellation, since a half-done close would leave the thread running."""
+        if self._close_done is not None:
+            await self._close_done.wait()
+            return
+        self._close_done = trio.Event()
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            try:
+                await self._writer.aclose()
+                # Wait out any read in flight before closing its connection.
+                async with self._read_lock:
+                    self._read_conn.close()
+            finally:
+                self._close_done.set()
+
+
+SqliteJobStore = SqliteStore
+"""The job side of :class:`SqliteStore`; the same class serves notifications."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Autocommit mode: transactions are begun and ended explicitly, never by the
+    # sqlite3 module behind our back. check_same_thread is off because the
+    # connection is opened on one thread and used on another.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _time_to_text(value: datetime, what: str) -> str:
+    return as_utc(value, what).isoformat(timespec="microseconds")
+
+
+def _optional_time_to_text(value: datetime | None, what: str) -> str | None:
+    return None if value is None else _time_to_text(value, what)
+
+
+def _text_to_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _usage_to_text(usage: Usage | None) -> str | None:
+    return None if usage is None else codec.dumps(usage).decode()
+
+
+def _job_to_row(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        job.user_id,
+        job.workspace_id,
+        job.thread_id,
+        job.message_id,
+        job.model,
+        job.status.value,
+        _time_to_text(job.started_at, "started_at"),
+        job.content,
+        job.reasoning,
+        job.chunks_received,
+        job.last_seq,
+        _optional_time_to_text(job.completed_at, "completed_at"),
+        job.error,
+        job.finish_reason,
+        _usage_to_text(job.usage),
+        job.generation_id,
+    )
+
+
+def _row_to_job(row: Sequence[Any]) -> Job:
+    (
+        job_id,
+        user_id,
+        workspace_id,
+        thread_id,
+        message_id,
+        model,
+        status,
+        started_at,
+        content,
+        reasoning,
+        chunks_received,
+        last_seq,
+        completed_at,
+        error,
+        finish_reason,
+        usage,
+        generation_id,
+    ) = row
+    return Job(
+        id=job_id,
+        user_id=user_id,
+        workspace_id=workspace_id,
+        thread_id=thread_id,
+        message_id=message_id,
+        model=model,
+        status=JobStatus(status),
+        started_at=datetime.fromisoformat(started_at),
+        content=content,
+        reasoning=reasoning,
+        chunks_received=chunks_received,
+        last_seq=last_seq,
+        completed_at=_text_to_time(completed_at),
+        error=error,
+        finish_reason=finish_reason,
+        usage=None if usage is None else codec.loads(usage, Usage),
+        generation_id=generation_id,
+    )
+
+
+def _notification_to_row(n: Notification) -> tuple[Any, ...]:
+    return (
+        n.id,
+        n.user_id,
+        n.workspace_id,
+        n.thread_id,
+        n.job_id,
+        n.type.value,
+        n.title,
+        n.body,
+        _time_to_text(n.created_at, "created_at"),
+        codec.dumps(n.actions, unstructure_as=_Actions).decode(),
+        _optional_time_to_text(n.read_at, "read_at"),
+    )
+
+
+def _row_to_notification(row: Sequence[Any]) -> Notification:
+    (
+        notification_id,
+        user_id,
+        workspace_id,
+        thread_id,
+        job_id,
+        type_,
+        title,
+        body,
+        created_at,
+        actions,
+        read_at,
+    ) = row
+    return Notification(
+        id=notification_id,
+        user_id=user_id,
+        workspace_id=workspace_id,
+        thread_id=thread_id,
+        job_id=job_id,
+        type=NotificationType(type_),
+        title=title,
+        body=body,
+        created_at=datetime.fromisoformat(created_at),
+        actions=codec.loads(actions, _Actions),
+        read_at=_text_to_time(read_at),
+    )

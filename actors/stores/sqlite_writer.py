@@ -1,0 +1,218 @@
+"""The one thread that writes to a SQLite database, committing in groups.
+
+A commit costs far more than a small write (locking, a commit frame appended
+to the WAL, possibly a sync), so the writer takes everything queued since its
+last commit and runs it in one transaction: one commit for the whole group. Each operation runs
+inside its own SAVEPOINT, so an operation that fails is undone on its own and
+fails only its own caller; the rest of the group still commits.
+
+trio tasks submit operations through a thread-safe queue and sleep on a
+:class:`trio.Event`; after the commit, the writer wakes each of them through the
+trio token of the run it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import attrs
+import outcome
+import trio
+
+from actors.stores.protocol import StoreError
+
+__all__ = ["SqliteWriter", "WriteOperation"]
+
+T = TypeVar("T")
+
+WriteOperation = Callable[[sqlite3.Connection], T]
+"""A unit of work run on the writer thread inside an open transaction. It must
+not commit or roll back; raising undoes what it did."""
+
+_Deliver = Callable[["outcome.Outcome[Any]"], None]
+
+
+@attrs.frozen
+class _Request(Generic[T]):
+    operation: WriteOperation[T]
+    deliver: _Deliver
+
+
+class _Stop:
+    """Queued by :meth:`SqliteWriter.aclose`: what was queued before it is
+    written, then the thread ends."""
+
+
+_STOP = _Stop()
+
+
+class SqliteWriter:
+    """Owns the write connection and the thread that uses it.
+
+    ``connection`` must be in autocommit mode (``isolation_level=None``), opened
+    with ``check_same_thread=False``, and not used by anyone else afterwards:
+    the writer closes it when it stops.
+    """
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        *,
+        max_batch: int = 1000,
+        name: str = "sqlite-writer",
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self._conn = connection
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Request[Any] | _Stop] = queue.SimpleQueue()
+        # Guards the check-then-put in submit against the thread's final drain,
+        # so no request can be queued after the thread has stopped reading.
+        self._accepting_lock = threading.Lock()
+        self._accepting = True
+        self._closing = False
+        self._commits = 0
+        self._operations = 0
+        # A daemon thread: a process that exits without closing the store loses
+        # at most the open transaction, which the WAL discards on the next open.
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def commits(self) -> int:
+        """How many transactions the writer has committed."""
+        return self._commits
+
+    @property
+    def operations(self) -> int:
+        """How many operations the writer has run (succeeded or failed)."""
+        return self._operations
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the writer accepts operations (not closing, thread alive)."""
+        return not self._closing and self._thread.is_alive()
+
+    async def submit(self, operation: WriteOperation[T]) -> T:
+        """Run ``operation`` on the writer thread and return what it returns.
+
+        Blocks until the group holding the operation has been committed. Raises
+        what the operation raised (a :class:`sqlite3.Error` becomes a
+        :class:`StoreError`), :class:`StoreError` if the commit failed, or
+        :class:`StoreError` if the writer is closed. Cancellable while waiting;
+        a cancelled operation may still be committed, and its result is dropped.
+        """
+        if self._closing:
+            raise StoreError("store is closed")
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        result: list[outcome.Outcome[T]] = []
+
+        def wake(value: outcome.Outcome[T]) -> None:
+            result.append(value)
+            done.set()
+
+        def deliver(value: outcome.Outcome[Any]) -> None:
+            # If the submitting run is over, nobody is left to tell.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(wake, value)
+
+        with self._accepting_lock:
+            if not self._accepting:
+                raise StoreError("store writer has stopped")
+            self._queue.put(_Request(operation, deliver))
+        await done.wait()
+        return result[0].unwrap()
+
+    async def aclose(self) -> None:
+        """Write everything already submitted, commit, close the connection and
+        join the thread. Idempotent: a second call waits for the same end.
+        Not cancellable: it returns once the thread has ended, which takes as
+        long as the writes already queued."""
+        if not self._closing:
+            self._closing = True
+            with self._accepting_lock:
+                if self._accepting:
+                    self._queue.put(_STOP)
+        await trio.to_thread.run_sync(self._thread.join)
+
+    # -- the writer thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if isinstance(first, _Stop):
+                    break
+                batch: list[_Request[Any]] = [first]
+                while len(batch) < self._max_batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(item, _Stop):
+                        stopping = True
+                        break
+                    batch.append(item)
+                self._run_batch(batch)
+        finally:
+            with self._accepting_lock:
+                self._accepting = False
+            self._fail_leftovers()
+            self._conn.close()
+
+    def _run_batch(self, batch: list[_Request[Any]]) -> None:
+        results: list[outcome.Outcome[Any]] = []
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for request in batch:
+                results.append(self._run_one(request.operation))
+            self._conn.execute("COMMIT")
+            self._commits += 1
+        except sqlite3.Error as exc:
+            # Transaction control itself failed (disk full, I/O error, lock
+            # timeout): nothing of this group is durable, so all of it fails.
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            # One exception per caller: each raises it in its own task, with
+            # its own traceback.
+            results = [
+                outcome.Error(_as_store_error(exc, "write transaction failed")) for _ in batch
+            ]
+        for request, result in zip(batch, results, strict=True):
+            request.deliver(result)
+
+    def _run_one(self, operation: WriteOperation[Any]) -> outcome.Outcome[Any]:
+        """Run one operation in a savepoint. Raises sqlite3.Error only when the
+        savepoint machinery itself fails."""
+        self._operations += 1
+        self._conn.execute("SAVEPOINT operation")
+        result: outcome.Outcome[Any] = outcome.capture(operation, self._conn)
+        if isinstance(result, outcome.Error):
+            self._conn.execute("ROLLBACK TO operation")
+            if isinstance(result.error, sqlite3.Error):
+                result = outcome.Error(_as_store_error(result.error, "write failed"))
+        self._conn.execute("RELEASE operation")
+        return result
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Request):
+                item.deliver(outcome.Error(StoreError("store writer has stopped")))
+
+
+def _as_store_error(exc: sqlite3.Error, what: str) -> StoreError:
+    error = StoreError(f"{what}: {exc}")
+    error.__cause__ = exc
+    return error

@@ -1,0 +1,619 @@
+"""One behavioural suite that every store backend must pass."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors.model import (
+    Delta,
+    Job,
+    JobStatus,
+    Notification,
+    NotificationAction,
+    NotificationType,
+    Owner,
+    Usage,
+)
+from actors.stores import Store, StoreError, StoreFactory
+
+BACKEND_NAMES = ["memory", "sqlite"]
+
+ALICE = Owner("alice", "ws-1")
+ALICE_OTHER_WORKSPACE = Owner("alice", "ws-2")
+BOB = Owner("bob", "ws-1")
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+_ids = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{next(_ids)}"
+
+
+def make_job(
+    owner: Owner = ALICE,
+    *,
+    job_id: str | None = None,
+    status: JobStatus = JobStatus.STREAMING,
+    started_at: datetime = T0,
+    completed_at: datetime | None = None,
+) -> Job:
+    return Job(
+        id=job_id or new_id("job"),
+        user_id=owner.user_id,
+        workspace_id=owner.workspace_id,
+        thread_id="thread-1",
+        message_id="message-1",
+        model="openai/gpt-4o-mini",
+        status=status,
+        started_at=started_at,
+        completed_at=completed_at,
+    )
+
+
+def make_notification(
+    owner: Owner = ALICE,
+    *,
+    created_at: datetime = T0,
+    job_id: str | None = None,
+    thread_id: str = "thread-1",
+) -> Notification:
+    return Notification(
+        id=new_id("note"),
+        user_id=owner.user_id,
+        workspace_id=owner.workspace_id,
+        thread_id=thread_id,
+        job_id=job_id or new_id("job"),
+        type=NotificationType.COMPLETE,
+        title="Background response completed",
+        body=f"Your background AI response is ready in thread {thread_id}",
+        created_at=created_at,
+        actions=(NotificationAction("Open chat", "open_chat", thread_id, "message-1"),),
+    )
+
+
+def deltas(job_id: str, *items: tuple[int, str, str]) -> list[Delta]:
+    return [Delta(job_id, seq, content, reasoning) for seq, content, reasoning in items]
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    factory = StoreFactory(request.param, tmp_path / "data")
+    built = await factory.get()
+    yield built
+    await factory.aclose()
+
+
+# -- jobs --------------------------------------------------------------------
+
+
+async def test_create_then_get_round_trips_every_field(store: Store) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    job = Job(
+        id="job-full",
+        user_id="alice",
+        workspace_id="ws-1",
+        thread_id="thread-9",
+        message_id="message-9",
+        model="anthropic/claude-3.5-sonnet",
+        status=JobStatus.COMPLETE,
+        started_at=datetime(2025, 3, 1, 14, 0, 0, 1, tzinfo=plus_two),
+        content="Hello, wörld ✓",
+        reasoning="thinking…",
+        chunks_received=7,
+        last_seq=7,
+        completed_at=datetime(2025, 3, 1, 12, 5, 0, 999999, tzinfo=UTC),
+        error="none really",
+        finish_reason="stop",
+        usage=Usage(
+            prompt_tokens=11,
+            completion_tokens=22,
+            total_tokens=33,
+            reasoning_tokens=4,
+            cost=0.000123,
+        ),
+        generation_id="gen-abc",
+    )
+    await store.create_job(job)
+
+    got = await store.get_job("job-full")
+
+    assert got == job
+    assert got is not None
+    assert got.started_at.utcoffset() == timedelta(0)
+    assert got.started_at == datetime(2025, 3, 1, 12, 0, 0, 1, tzinfo=UTC)
+    assert got.completed_at is not None and got.completed_at.utcoffset() == timedelta(0)
+    assert await store.get_job("no-such-job") is None
+
+
+async def test_create_keeps_missing_optionals_as_none(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    got = await store.get_job(job.id)
+    assert got == job
+    assert got is not None and got.usage is None and got.completed_at is None
+
+
+async def test_create_with_an_existing_id_raises_and_keeps_the_first(store: Store) -> None:
+    first = make_job(job_id="dup")
+    await store.create_job(first)
+    with pytest.raises(StoreError, match="dup"):
+        await store.create_job(attrs.evolve(first, model="other"))
+    assert await store.get_job("dup") == first
+
+
+async def test_naive_datetimes_are_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="started_at"):
+        await store.create_job(make_job(started_at=datetime(2025, 1, 1)))
+    with pytest.raises(ValueError, match="cutoff"):
+        await store.delete_finished_before(datetime(2025, 1, 1))
+
+
+async def test_list_jobs_is_scoped_to_user_and_workspace_newest_first(store: Store) -> None:
+    older = make_job(ALICE, started_at=T0)
+    newer = make_job(ALICE, started_at=T0 + timedelta(seconds=5))
+    await store.create_job(older)
+    await store.create_job(newer)
+    await store.create_job(make_job(BOB))
+    await store.create_job(make_job(ALICE_OTHER_WORKSPACE))
+
+    assert await store.list_jobs(ALICE) == [newer, older]
+    assert [j.owner for j in await store.list_jobs(BOB)] == [BOB]
+    assert [j.owner for j in await store.list_jobs(ALICE_OTHER_WORKSPACE)] == [
+        ALICE_OTHER_WORKSPACE
+    ]
+    assert await store.list_jobs(Owner("carol", "ws-1")) == []
+
+
+async def test_list_jobs_filters_by_status(store: Store) -> None:
+    streaming = make_job(status=JobStatus.STREAMING)
+    done = make_job(status=JobStatus.COMPLETE, completed_at=T0)
+    await store.create_job(streaming)
+    await store.create_job(done)
+
+    assert await store.list_jobs(ALICE, JobStatus.STREAMING) == [streaming]
+    assert await store.list_jobs(ALICE, JobStatus.COMPLETE) == [done]
+    assert await store.list_jobs(ALICE, JobStatus.ERROR) == []
+
+
+async def test_append_deltas_accumulates_in_seq_order(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+
+    # Out of order within a batch: seq order wins.
+    await store.append_deltas(job.id, deltas(job.id, (2, "lo", "b"), (1, "hel", "a")))
+    await store.append_deltas(job.id, deltas(job.id, (3, " world", "")))
+
+    got = await store.get_job(job.id)
+    assert got is not None
+    assert (got.content, got.reasoning) == ("hello world", "ab")
+    assert (got.chunks_received, got.last_seq) == (3, 3)
+    assert got.status is JobStatus.STREAMING
+
+
+async def test_append_deltas_is_idempotent_for_seen_seqs(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    await store.append_deltas(job.id, deltas(job.id, (1, "a", ""), (2, "b", "")))
+
+    await store.append_deltas(job.id, deltas(job.id, (1, "a", ""), (2, "b", "")))
+    await store.append_deltas(job.id, deltas(job.id, (2, "X", ""), (3, "c", ""), (3, "Y", "")))
+
+    got = await store.get_job(job.id)
+    assert got is not None
+    assert (got.content, got.chunks_received, got.last_seq) == ("abc", 3, 3)
+    assert [d.content for d in await store.get_deltas(job.id)] == ["a", "b", "c"]
+
+
+async def test_append_deltas_to_a_terminal_job_is_ignored(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    await store.append_deltas(job.id, deltas(job.id, (1, "a", "")))
+    assert await store.update_job(
+        attrs.evolve(job, status=JobStatus.COMPLETE, completed_at=T0 + timedelta(seconds=1))
+    )
+
+    await store.append_deltas(job.id, deltas(job.id, (2, "late", "")))
+
+    got = await store.get_job(job.id)
+    assert got is not None
+    assert (got.content, got.chunks_received, got.last_seq) == ("a", 1, 1)
+    assert [d.seq for d in await store.get_deltas(job.id)] == [1]
+
+
+async def test_append_deltas_to_a_missing_job_is_ignored(store: Store) -> None:
+    await store.append_deltas("ghost", deltas("ghost", (1, "a", "")))
+    assert await store.get_job("ghost") is None
+    assert await store.get_deltas("ghost") == []
+
+
+async def test_append_deltas_refuses_a_delta_of_another_job(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    with pytest.raises(ValueError, match="other-job"):
+        await store.append_deltas(job.id, [Delta(job.id, 1, "a"), Delta("other-job", 2, "b")])
+    got = await store.get_job(job.id)
+    assert got is not None and got.content == "" and got.last_seq == 0
+
+
+async def test_get_deltas_after_seq(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    stored = deltas(job.id, (1, "a", "r1"), (2, "b", ""), (3, "c", "r3"))
+    await store.append_deltas(job.id, stored)
+
+    assert await store.get_deltas(job.id) == stored
+    assert await store.get_deltas(job.id, after_seq=1) == stored[1:]
+    assert await store.get_deltas(job.id, after_seq=3) == []
+    assert await store.get_deltas("no-such-job") == []
+
+
+async def test_concurrent_appends_from_many_tasks_all_land(store: Store) -> None:
+    jobs = [make_job() for _ in range(40)]
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(store.create_job, job)
+
+    async def stream(job: Job) -> None:
+        for seq in range(1, 6):
+            await store.append_deltas(job.id, deltas(job.id, (seq, str(seq), "")))
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(stream, job)
+
+    for job in jobs:
+        got = await store.get_job(job.id)
+        assert got is not None
+        assert (got.content, got.chunks_received, got.last_seq) == ("12345", 5, 5)
+
+
+async def test_update_job_writes_state_but_not_accumulated_output(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    await store.append_deltas(job.id, deltas(job.id, (1, "kept", "why")))
+    usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3, cost=0.5)
+
+    changed = attrs.evolve(
+        job,
+        status=JobStatus.COMPLETE,
+        completed_at=T0 + timedelta(minutes=1),
+        finish_reason="stop",
+        usage=usage,
+        generation_id="gen-1",
+        model="routed/model",
+        content="ignored",
+        reasoning="ignored",
+        chunks_received=99,
+        last_seq=99,
+    )
+    assert await store.update_job(changed) is True
+
+    got = await store.get_job(job.id)
+    assert got == attrs.evolve(
+        changed, content="kept", reasoning="why", chunks_received=1, last_seq=1
+    )
+
+
+async def test_update_job_cannot_change_a_completed_job(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    complete = attrs.evolve(job, status=JobStatus.COMPLETE, completed_at=T0, finish_reason="stop")
+    assert await store.update_job(complete) is True
+
+    failed = attrs.evolve(job, status=JobStatus.ERROR, error="boom", completed_at=T0)
+    assert await store.update_job(failed) is False
+
+    assert await store.get_job(job.id) == complete
+
+
+async def test_update_job_cannot_change_an_aborted_job(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    aborted = attrs.evolve(job, status=JobStatus.ABORTED, completed_at=T0)
+    assert await store.update_job(aborted) is True
+
+    assert await store.update_job(attrs.evolve(job, status=JobStatus.COMPLETE)) is False
+    assert await store.update_job(attrs.evolve(job, status=JobStatus.STREAMING)) is False
+
+    assert await store.get_job(job.id) == aborted
+
+
+async def test_update_job_on_a_missing_job_returns_false(store: Store) -> None:
+    assert await store.update_job(make_job(job_id="missing")) is False
+    assert await store.get_job("missing") is None
+
+
+async def test_delete_finished_before_removes_only_old_terminal_jobs(store: Store) -> None:
+    cutoff = T0 + timedelta(hours=1)
+    old = [
+        make_job(status=status, completed_at=cutoff - timedelta(microseconds=1))
+        for status in (JobStatus.COMPLETE, JobStatus.ERROR, JobStatus.ABORTED)
+    ]
+    at_cutoff = make_job(status=JobStatus.COMPLETE, completed_at=cutoff)
+    recent = make_job(status=JobStatus.ERROR, completed_at=cutoff + timedelta(minutes=1))
+    old_but_streaming = make_job(status=JobStatus.STREAMING, started_at=T0 - timedelta(days=1))
+    old_but_queued = make_job(status=JobStatus.QUEUED, started_at=T0 - timedelta(days=1))
+    kept = [at_cutoff, recent, old_but_streaming, old_but_queued]
+    for job in old + kept:
+        await store.create_job(
+            attrs.evolve(job, status=JobStatus.STREAMING) if job.status.is_terminal else job
+        )
+        await store.append_deltas(job.id, deltas(job.id, (1, "x", "")))
+        if job.status.is_terminal:
+            assert await store.update_job(job)
+
+    deleted = await store.delete_finished_before(cutoff)
+
+    assert sorted(deleted) == sorted(job.id for job in old)
+    for job in old:
+        assert await store.get_job(job.id) is None
+        assert await store.get_deltas(job.id) == []
+    for job in kept:
+        assert await store.get_job(job.id) is not None
+        assert len(await store.get_deltas(job.id)) == 1
+    assert await store.delete_finished_before(cutoff) == []
+
+
+async def test_list_jobs_by_status_spans_owners(store: Store) -> None:
+    queued = make_job(BOB, status=JobStatus.QUEUED, started_at=T0 + timedelta(seconds=2))
+    streaming = make_job(ALICE, status=JobStatus.STREAMING, started_at=T0)
+    done = make_job(ALICE, status=JobStatus.COMPLETE, completed_at=T0)
+    for job in (queued, streaming, done):
+        await store.create_job(job)
+
+    assert await store.list_jobs_by_status({JobStatus.QUEUED, JobStatus.STREAMING}) == [
+        streaming,
+        queued,
+    ]
+    assert await store.list_jobs_by_status([JobStatus.COMPLETE]) == [done]
+    assert await store.list_jobs_by_status([JobStatus.ABORTED]) == []
+    assert await store.list_jobs_by_status([]) == []
+
+
+async def test_count_active_counts_queued_and_streaming(store: Store) -> None:
+    assert await store.count_active() == 0
+    statuses = [JobStatus.QUEUED, JobStatus.STREAMING, JobStatus.STREAMING, JobStatus.ERROR]
+    jobs = [make_job(status=s, completed_at=T0 if s.is_terminal else None) for s in statuses]
+    for job in jobs:
+        await store.create_job(job)
+    assert await store.count_active() == 3
+
+    await store.update_job(attrs.evolve(jobs[1], status=JobStatus.ABORTED, completed_at=T0))
+    assert await store.count_active() == 2
+
+
+# -- notifications -----------------------------------------------------------
+
+
+async def test_notifications_round_trip_and_list_newest_first(store: Store) -> None:
+    notes = [make_notification(created_at=T0 + timedelta(seconds=i)) for i in range(5)]
+    for n in notes:
+        assert await store.add_notification(n) is True
+    await store.add_notification(make_notification(BOB))
+
+    assert await store.list_notifications(ALICE) == notes[::-1]
+    assert await store.list_notifications(ALICE, limit=2) == [notes[4], notes[3]]
+    assert await store.list_notifications(ALICE, limit=0) == []
+    assert await store.get_notification(ALICE, notes[0].id) == notes[0]
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_notifications(ALICE, limit=-1)
+
+
+async def test_list_notifications_unread_only(store: Store) -> None:
+    read, unread = make_notification(), make_notification(created_at=T0 + timedelta(seconds=1))
+    await store.add_notification(read)
+    await store.add_notification(unread)
+    assert await store.mark_read(ALICE, read.id, T0 + timedelta(minutes=1))
+
+    assert await store.list_notifications(ALICE, unread_only=True) == [unread]
+    assert [n.id for n in await store.list_notifications(ALICE)] == [unread.id, read.id]
+
+
+async def test_only_one_notification_per_job(store: Store) -> None:
+    first = make_notification(job_id="job-once")
+    assert await store.add_notification(first) is True
+
+    second = attrs.evolve(make_notification(job_id="job-once"), title="again")
+    assert await store.add_notification(second) is False
+    assert await store.add_notification(first) is False
+
+    assert await store.list_notifications(ALICE) == [first]
+    assert await store.get_notification(ALICE, second.id) is None
+
+
+async def test_add_notification_with_an_existing_id_raises(store: Store) -> None:
+    first = make_notification()
+    await store.add_notification(first)
+    with pytest.raises(StoreError, match=first.id):
+        await store.add_notification(attrs.evolve(first, job_id="another-job"))
+    assert await store.list_notifications(ALICE) == [first]
+
+
+async def test_notifications_are_scoped_to_their_owner(store: Store) -> None:
+    n = make_notification(ALICE)
+    await store.add_notification(n)
+    at = T0 + timedelta(minutes=1)
+
+    for stranger in (BOB, ALICE_OTHER_WORKSPACE):
+        assert await store.get_notification(stranger, n.id) is None
+        assert await store.mark_read(stranger, n.id, at) is False
+        assert await store.delete_notification(stranger, n.id) is False
+        assert await store.mark_all_read(stranger, at) == 0
+        assert await store.list_notifications(stranger) == []
+
+    assert await store.get_notification(ALICE, n.id) == n
+
+
+async def test_mark_read_keeps_the_first_read_at(store: Store) -> None:
+    n = make_notification()
+    await store.add_notification(n)
+    first_read = T0 + timedelta(minutes=1)
+
+    assert await store.mark_read(ALICE, n.id, first_read) is True
+    assert await store.mark_read(ALICE, n.id, first_read + timedelta(hours=1)) is True
+
+    got = await store.get_notification(ALICE, n.id)
+    assert got is not None and got.read_at == first_read
+    assert await store.mark_read(ALICE, "no-such-note", first_read) is False
+
+
+async def test_mark_all_read_counts_only_unread(store: Store) -> None:
+    notes = [make_notification(created_at=T0 + timedelta(seconds=i)) for i in range(4)]
+    for n in notes:
+        await store.add_notification(n)
+    await store.add_notification(make_notification(BOB))
+    early = T0 + timedelta(minutes=1)
+    await store.mark_read(ALICE, notes[0].id, early)
+
+    assert await store.mark_all_read(ALICE, early + timedelta(minutes=1)) == 3
+    assert await store.mark_all_read(ALICE, early + timedelta(minutes=2)) == 0
+
+    read_ats = {n.id: n.read_at for n in await store.list_notifications(ALICE)}
+    assert read_ats[notes[0].id] == early
+    assert {read_ats[n.id] for n in notes[1:]} == {early + timedelta(minutes=1)}
+    assert len(await store.list_notifications(BOB, unread_only=True)) == 1
+
+
+async def test_delete_notification(store: Store) -> None:
+    n = make_notification()
+    await store.add_notification(n)
+
+    assert await store.delete_notification(ALICE, n.id) is True
+    assert await store.get_notification(ALICE, n.id) is None
+    assert await store.delete_notification(ALICE, n.id) is False
+
+
+async def test_mute_and_unmute_a_thread(store: Store) -> None:
+    assert await store.is_thread_muted(ALICE, "thread-1") is False
+
+    await store.set_thread_muted(ALICE, "thread-1", True)
+    await store.set_thread_muted(ALICE, "thread-1", True)
+    assert await store.is_thread_muted(ALICE, "thread-1") is True
+    assert await store.is_thread_muted(ALICE, "thread-2") is False
+    assert await store.is_thread_muted(BOB, "thread-1") is False
+    assert await store.is_thread_muted(ALICE_OTHER_WORKSPACE, "thread-1") is False
+
+    await store.set_thread_muted(ALICE, "thread-1", False)
+    await store.set_thread_muted(ALICE, "thread-1", False)
+    assert await store.is_thread_muted(ALICE, "thread-1") is False
+
+
+# -- lifecycle ---------------------------------------------------------------
+
+
+async def test_ping_answers_while_open(store: Store) -> None:
+    await store.ping()
+
+
+async def test_closed_store_refuses_calls_and_close_is_idempotent(store: Store) -> None:
+    await store.create_job(make_job())
+    await store.aclose()
+    await store.aclose()
+
+    with pytest.raises(StoreError, match="closed"):
+        await store.ping()
+    with pytest.raises(StoreError, match="closed"):
+        await store.get_job("anything")
+    with pytest.raises(StoreError, match="closed"):
+        await store.create_job(make_job())
+    with pytest.raises(StoreError, match="closed"):
+        await store.add_notification(make_notification())
+
+
+# -- properties --------------------------------------------------------------
+
+_piece = st.text(max_size=6)
+_batch = st.lists(st.tuples(_piece, _piece), max_size=5)
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    batches=st.lists(st.tuples(_batch, st.integers(0, 3), st.randoms()), max_size=8),
+)
+async def test_content_is_the_concatenation_of_all_appended_batches(
+    backend: str,
+    tmp_path: Path,
+    batches: list[tuple[list[tuple[str, str]], int, random.Random]],
+) -> None:
+    # Async fixtures are not rebuilt between hypothesis examples, so each
+    # example opens its own store (in its own directory).
+    factory = StoreFactory(backend, tmp_path / new_id("data"))
+    try:
+        await _check_concatenation(await factory.get(), batches)
+    finally:
+        await factory.aclose()
+
+
+async def _check_concatenation(
+    store: Store, batches: list[tuple[list[tuple[str, str]], int, random.Random]]
+) -> None:
+    job = make_job()
+    await store.create_job(job)
+    sent: list[Delta] = []
+    for pieces, resend, rng in batches:
+        fresh = [
+            Delta(job.id, len(sent) + i, content, reasoning)
+            for i, (content, reasoning) in enumerate(pieces, start=1)
+        ]
+        # Re-send a few already stored deltas and shuffle: neither may change the result.
+        batch = sent[len(sent) - min(resend, len(sent)) :] + fresh
+        rng.shuffle(batch)
+        await store.append_deltas(job.id, batch)
+        sent.extend(fresh)
+
+    got = await store.get_job(job.id)
+    assert got is not None
+    assert got.content == "".join(d.content for d in sent)
+    assert got.reasoning == "".join(d.reasoning for d in sent)
+    assert (got.chunks_received, got.last_seq) == (len(sent), len(sent))
+    assert await store.get_deltas(job.id) == sent
+
+
+# -- persistence -------------------------------------------------------------
+
+
+async def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    job = make_job(status=JobStatus.STREAMING)
+    note = make_notification(job_id=job.id)
+    factory = StoreFactory("sqlite", data_dir)
+    store = await factory.get()
+    await store.create_job(job)
+    await store.append_deltas(job.id, deltas(job.id, (1, "par", "r"), (2, "tial", "")))
+    await store.add_notification(note)
+    await store.set_thread_muted(ALICE, "thread-1", True)
+    expected_job = await store.get_job(job.id)
+    await factory.aclose()
+
+    reopened = StoreFactory("sqlite", data_dir)
+    store = await reopened.get()
+    try:
+        assert await store.get_job(job.id) == expected_job
+        assert expected_job is not None and expected_job.content == "partial"
+        assert [d.content for d in await store.get_deltas(job.id)] == ["par", "tial"]
+        assert await store.list_notifications(ALICE) == [note]
+        assert await store.is_thread_muted(ALICE, "thread-1") is True
+        assert await store.list_jobs_by_status([JobStatus.STREAMING]) == [expected_job]
+    finally:
+        await reopened.aclose()

@@ -1,0 +1,308 @@
+"""What only the SQLite store has: WAL, schema versions, the group-committing writer."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from actors.model import Delta, Job, JobStatus
+from actors.stores import SqliteJobStore, SqliteStore, StoreError
+from actors.stores.migrations import CURRENT_VERSION, MIGRATIONS, Migration, migrate
+from actors.stores.sqlite_writer import SqliteWriter
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def make_job(job_id: str) -> Job:
+    return Job(
+        id=job_id,
+        user_id="alice",
+        workspace_id="ws-1",
+        thread_id="thread-1",
+        message_id="message-1",
+        model="m",
+        status=JobStatus.STREAMING,
+        started_at=T0,
+    )
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A plain connection for looking at (or preparing) the file from outside."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def open_store(path: Path) -> SqliteStore:
+    # Opening blocks on disk I/O; in tests that is fine on the trio thread.
+    return SqliteStore(path)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "troupe.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = open_store(db_path)
+    yield opened
+    await opened.aclose()
+
+
+async def test_database_is_in_wal_mode_with_normal_sync(store: SqliteStore, db_path: Path) -> None:
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # synchronous is per connection: ask the store's own read connection.
+    assert await store._read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 1
+    assert await store._read(lambda c: c.execute("PRAGMA foreign_keys").fetchone()[0]) == 1
+
+
+async def test_schema_version_is_recorded(store: SqliteStore, db_path: Path) -> None:
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    assert {"jobs", "deltas", "notifications", "muted_threads"} <= tables
+    assert len(MIGRATIONS) == CURRENT_VERSION
+
+
+def test_job_side_alias_is_the_same_store() -> None:
+    assert SqliteJobStore is SqliteStore
+
+
+async def test_reopening_at_the_current_version_changes_nothing(db_path: Path) -> None:
+    first = open_store(db_path)
+    await first.create_job(make_job("job-1"))
+    await first.aclose()
+    with raw(db_path) as conn:
+        schema_before = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+
+    second = open_store(db_path)
+    try:
+        assert await second.get_job("job-1") == make_job("job-1")
+    finally:
+        await second.aclose()
+    with raw(db_path) as conn:
+        assert conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall() == (
+            schema_before
+        )
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION
+
+
+def test_a_database_newer_than_the_code_is_refused(db_path: Path) -> None:
+    with raw(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {CURRENT_VERSION + 1}")
+
+    with pytest.raises(StoreError, match=rf"version {CURRENT_VERSION + 1} is newer"):
+        open_store(db_path)
+
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION + 1
+
+
+def test_a_file_that_is_not_a_database_is_refused(db_path: Path) -> None:
+    db_path.write_bytes(b"this is not a sqlite database, not even close" * 100)
+    with pytest.raises(StoreError, match="cannot open SQLite store"):
+        open_store(db_path)
+
+
+def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open SQLite store"):
+        open_store(tmp_path / "missing" / "troupe.db")
+
+
+_V1 = Migration(1, ("CREATE TABLE things (id TEXT PRIMARY KEY) STRICT",))
+_V2 = Migration(
+    2,
+    (
+        "ALTER TABLE things ADD COLUMN label TEXT NOT NULL DEFAULT 'none'",
+        "CREATE TABLE extras (id TEXT PRIMARY KEY) STRICT",
+    ),
+)
+
+
+def test_migration_from_version_1_applies_only_the_newer_steps(db_path: Path) -> None:
+    with raw(db_path) as conn:
+        assert migrate(conn, [_V1]) == 1
+        conn.execute("INSERT INTO things (id) VALUES ('kept')")
+
+        # Re-running v1's CREATE TABLE would fail: reaching 2 proves it was skipped.
+        assert migrate(conn, [_V1, _V2]) == 2
+
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("SELECT id, label FROM things").fetchall() == [("kept", "none")]
+        assert conn.execute("SELECT count(*) FROM extras").fetchone()[0] == 0
+        assert migrate(conn, [_V1, _V2]) == 2
+
+
+def test_a_failing_migration_is_rolled_back_whole(db_path: Path) -> None:
+    broken = Migration(2, ("CREATE TABLE half_done (id TEXT) STRICT", "THIS IS NOT SQL"))
+    with raw(db_path) as conn:
+        migrate(conn, [_V1])
+
+        with pytest.raises(StoreError, match="migration to version 2 failed"):
+            migrate(conn, [_V1, broken])
+
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "half_done" not in names
+        assert not conn.in_transaction
+
+
+def test_migrations_must_be_numbered_from_one(db_path: Path) -> None:
+    with raw(db_path) as conn, pytest.raises(ValueError, match="1, 2, 3"):
+        migrate(conn, [_V2])
+
+
+async def test_opening_an_empty_file_migrates_it_to_the_current_version(db_path: Path) -> None:
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    store = open_store(db_path)
+    await store.aclose()
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION
+
+
+async def test_group_commit_batches_concurrent_writes(store: SqliteStore) -> None:
+    jobs = [make_job(f"job-{i}") for i in range(1000)]
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(store.create_job, job)
+    commits_before = store.commit_count
+
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(store.append_deltas, job.id, [Delta(job.id, 1, job.id)])
+
+    appends_committed_in = store.commit_count - commits_before
+    assert 1 <= appends_committed_in < 100
+    assert store.write_count == 2000
+    for job in jobs[::97]:
+        got = await store.get_job(job.id)
+        assert got is not None and got.content == job.id and got.last_seq == 1
+    assert await store.count_active() == 1000
+
+
+async def test_a_failing_write_fails_only_its_caller(store: SqliteStore) -> None:
+    await store.create_job(make_job("taken"))
+    outcomes: dict[str, str] = {}
+
+    async def create(job_id: str) -> None:
+        try:
+            await store.create_job(make_job(job_id))
+        except StoreError:
+            outcomes[job_id] = "failed"
+        else:
+            outcomes[job_id] = "ok"
+
+    ids = [f"new-{i}" for i in range(20)]
+    ids.insert(10, "taken")
+    async with trio.open_nursery() as nursery:
+        for job_id in ids:
+            nursery.start_soon(create, job_id)
+
+    assert outcomes.pop("taken") == "failed"
+    assert set(outcomes.values()) == {"ok"}
+    for job_id in outcomes:
+        assert await store.get_job(job_id) is not None
+
+
+async def test_writer_undoes_a_failed_operation_but_commits_its_group(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    conn.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+    writer = SqliteWriter(conn)
+    results: dict[int, str] = {}
+
+    async def write(x: int, fail: bool) -> None:
+        def operation(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO t (x) VALUES (?)", (x,))
+            if fail:
+                raise RuntimeError(f"operation {x} fails after writing")
+
+        try:
+            await writer.submit(operation)
+        except RuntimeError:
+            results[x] = "raised"
+        else:
+            results[x] = "ok"
+
+    async with trio.open_nursery() as nursery:
+        for x in range(10):
+            nursery.start_soon(write, x, x == 4)
+    await writer.aclose()
+
+    assert results[4] == "raised"
+    assert all(results[x] == "ok" for x in range(10) if x != 4)
+    with raw(db_path) as check:
+        stored = [row[0] for row in check.execute("SELECT x FROM t ORDER BY x")]
+    assert stored == [x for x in range(10) if x != 4]
+
+
+async def test_sqlite_errors_reach_the_caller_as_store_errors(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    writer = SqliteWriter(conn)
+    try:
+        with pytest.raises(StoreError, match="no such table") as raised:
+            await writer.submit(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"))
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        assert await writer.submit(lambda c: 42) == 42
+    finally:
+        await writer.aclose()
+    with pytest.raises(StoreError, match="closed"):
+        await writer.submit(lambda c: 1)
+
+
+async def test_a_cancelled_write_leaves_the_store_consistent(store: SqliteStore) -> None:
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.create_job(make_job("cancelled-while-waiting"))
+    assert scope.cancelled_caught
+
+    # Writes are applied in submission order, so once a later write is
+    # committed the cancelled one has been too; both are whole.
+    await store.create_job(make_job("after"))
+    assert await store.get_job("cancelled-while-waiting") == make_job("cancelled-while-waiting")
+    assert await store.get_job("after") == make_job("after")
+
+
+async def test_aclose_commits_writes_still_waiting(db_path: Path) -> None:
+    store = open_store(db_path)
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(store.create_job, make_job(f"job-{i}"))
+        # Every writer task has queued its write and is waiting for the commit.
+        await trio.testing.wait_all_tasks_blocked()
+        await store.aclose()
+
+    reopened = open_store(db_path)
+    try:
+        assert len(await reopened.list_jobs_by_status([JobStatus.STREAMING])) == 200
+    finally:
+        await reopened.aclose()
+
+
+async def test_datetimes_are_stored_as_utc_iso_text(store: SqliteStore, db_path: Path) -> None:
+    local = timezone(timedelta(hours=-5))
+    started_at = datetime(2025, 3, 1, 7, 0, 0, 5, tzinfo=local)
+    await store.create_job(attrs.evolve(make_job("job-tz"), started_at=started_at))
+    with raw(db_path) as conn:
+        (text,) = conn.execute("SELECT started_at FROM jobs WHERE id = 'job-tz'").fetchone()
+    assert text == "2025-03-01T12:00:00.000005+00:00"
+    got = await store.get_job("job-tz")
+    assert got is not None and got.started_at == datetime(2025, 3, 1, 12, 0, 0, 5, tzinfo=UTC)
+    assert got.started_at.tzinfo == UTC
+
+
+async def test_ping_and_counters(store: SqliteStore) -> None:
+    await store.ping()
+    before = store.commit_count
+    await store.create_job(make_job("one"))
+    assert store.commit_count == before + 1
+    assert "troupe.db" in repr(store)

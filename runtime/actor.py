@@ -74,6 +74,11 @@ class ActorContext:
     def path(self) -> str:
         return self._cell.path
 
+    @property
+    def restarts(self) -> int:
+        """How many times this actor has been restarted; 0 on its first run."""
+        return self._cell.restarts
+
     def watch(self, ref: ActorRef) -> None:
         """Deliver :class:`~runtime.messages.Terminated` to this actor when ``ref`` stops for good.
 

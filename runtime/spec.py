@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -53,6 +53,10 @@ class Backoff:
         return float(min(self.maximum, self.initial * self.multiplier ** max(0, nth_restart - 1)))
 
 
+def _child_specs(children: Iterable[ChildSpec]) -> tuple[ChildSpec, ...]:
+    return tuple(children)
+
+
 @attrs.frozen
 class SupervisorSpec:
     """A supervisor: its strategy, restart intensity and initial children.
@@ -65,7 +69,7 @@ class SupervisorSpec:
     strategy: Strategy = Strategy.ONE_FOR_ONE
     max_restarts: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     within: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
-    children: Sequence[ChildSpec] = attrs.field(default=(), converter=tuple)
+    children: tuple[ChildSpec, ...] = attrs.field(default=(), converter=_child_specs)
     backoff: Backoff | None = None
 
 

@@ -166,7 +166,8 @@ class SupervisorCell(Cell):
             return False
         await self._stop(cell)
         self._forget(cell, Exit("shutdown"))
-        self._specs.remove(cell.spec)
+        if cell.spec in self._specs:
+            self._specs.remove(cell.spec)
         return True
 
     def _forget(self, cell: Cell, exit: Exit) -> None:

@@ -1,0 +1,116 @@
+"""The types the service facade takes and returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from actors.model import Job, JobStatus, Usage
+
+__all__ = [
+    "ChatRequest",
+    "DeltaEvent",
+    "JobEvent",
+    "JobView",
+    "SnapshotEvent",
+    "StatusEvent",
+]
+
+
+@attrs.frozen
+class ChatRequest:
+    """A chat completion to run in the background.
+
+    ``params`` are extra upstream body fields (``temperature``,
+    ``max_tokens``…). ``api_key`` is the caller's own upstream key, accepted
+    only when the configuration allows it; it is never stored or shown.
+    """
+
+    model: str
+    messages: list[dict[str, Any]]
+    thread_id: str
+    message_id: str
+    params: dict[str, Any] = attrs.field(factory=dict)
+    api_key: str | None = attrs.field(default=None, repr=False)
+
+
+@attrs.frozen
+class JobView:
+    """A job as its owner sees it, with ``content`` from ``offset`` on (delta polling).
+
+    ``content_length`` is the length of the whole content, so the next poll
+    asks for ``offset=content_length``.
+    """
+
+    id: str
+    thread_id: str
+    message_id: str
+    model: str
+    status: JobStatus
+    started_at: datetime
+    completed_at: datetime | None
+    error: str | None
+    chunks_received: int
+    last_seq: int
+    finish_reason: str | None
+    usage: Usage | None
+    generation_id: str | None
+    offset: int
+    content: str
+    content_length: int
+    reasoning: str
+
+    @classmethod
+    def of(cls, job: Job, offset: int = 0) -> JobView:
+        offset = max(0, min(offset, len(job.content)))
+        return cls(
+            id=job.id,
+            thread_id=job.thread_id,
+            message_id=job.message_id,
+            model=job.model,
+            status=job.status,
+            started_at=job.started_at,
+            completed_at=job.completed_at,
+            error=job.error,
+            chunks_received=job.chunks_received,
+            last_seq=job.last_seq,
+            finish_reason=job.finish_reason,
+            usage=job.usage,
+            generation_id=job.generation_id,
+            offset=offset,
+            content=job.content[offset:],
+            content_length=len(job.content),
+            reasoning=job.reasoning,
+        )
+
+
+@attrs.frozen
+class SnapshotEvent:
+    """First event of a follow: the job's metadata (content comes as deltas)."""
+
+    job: JobView
+
+
+@attrs.frozen
+class DeltaEvent:
+    """One stored delta; ``seq`` grows by one per delta."""
+
+    seq: int
+    content: str
+    reasoning: str = ""
+
+
+@attrs.frozen
+class StatusEvent:
+    """The job reached a terminal status; the last event of a follow."""
+
+    status: JobStatus
+    error: str | None
+    finish_reason: str | None
+    usage: Usage | None
+    last_seq: int
+
+
+JobEvent = SnapshotEvent | DeltaEvent | StatusEvent

@@ -1,0 +1,31 @@
+"""Errors the service facade raises to its callers."""
+
+from __future__ import annotations
+
+__all__ = [
+    "JobNotFound",
+    "ServerBusy",
+    "ServiceError",
+    "TooManyJobs",
+    "UserKeyNotAllowed",
+]
+
+
+class ServiceError(Exception):
+    """Base of the errors a caller of :class:`~actors.service.Service` should expect."""
+
+
+class ServerBusy(ServiceError):
+    """The global cap on running jobs is reached, or the service is shutting down."""
+
+
+class TooManyJobs(ServiceError):
+    """This user already runs as many jobs as the per-user cap allows."""
+
+
+class UserKeyNotAllowed(ServiceError):
+    """The request carries its own API key, and the configuration does not allow that."""
+
+
+class JobNotFound(ServiceError, LookupError):
+    """No such job for this owner: a missing job and another user's look the same."""

@@ -1,0 +1,208 @@
+"""The messages the service's actors exchange, one section per protocol.
+
+Replies are noted per message; "tell" messages have none.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from actors.api import ChatRequest, JobEvent
+from actors.model import Delta, Job, JobStatus, Owner, Usage
+
+__all__ = [
+    "AbortJob",
+    "BeginDrain",
+    "CreateJob",
+    "DeleteNotification",
+    "DeltasStored",
+    "FollowJob",
+    "FollowNotifications",
+    "GetJob",
+    "InterruptAll",
+    "JobFinished",
+    "ListJobs",
+    "ListNotifications",
+    "MarkAllRead",
+    "MarkRead",
+    "MuteThread",
+    "Ping",
+    "StreamFailed",
+    "StreamFinished",
+    "StreamOpened",
+    "Subscription",
+    "Sweep",
+    "SweepResult",
+]
+
+# -- JobRegistry: from the facade -------------------------------------------
+
+
+@attrs.frozen
+class CreateJob:
+    """Reply: the new :class:`Job`; raises ServerBusy / TooManyJobs at a cap."""
+
+    owner: Owner
+    request: ChatRequest
+
+
+@attrs.frozen
+class GetJob:
+    """Reply: the owner's :class:`Job`, or None (missing and foreign look the same)."""
+
+    owner: Owner
+    job_id: str
+
+
+@attrs.frozen
+class ListJobs:
+    """Reply: the owner's jobs, newest first."""
+
+    owner: Owner
+    status: JobStatus | None = None
+
+
+@attrs.frozen
+class AbortJob:
+    """Reply: True if this call aborted a running job of the owner's."""
+
+    owner: Owner
+    job_id: str
+
+
+@attrs.frozen
+class Subscription:
+    """Reply to :class:`FollowJob`: the job now, and where its live events arrive.
+
+    ``events`` is None when the job is already terminal. Live events carry
+    only deltas with ``seq > job.last_seq``; earlier ones are in the store.
+    """
+
+    job: Job
+    events: trio.MemoryReceiveChannel[JobEvent] | None
+
+
+@attrs.frozen
+class FollowJob:
+    """Reply: a :class:`Subscription`, or None if the job is not the owner's."""
+
+    owner: Owner
+    job_id: str
+
+
+@attrs.frozen
+class BeginDrain:
+    """Refuse new jobs from now on. Reply: the number of running jobs."""
+
+
+@attrs.frozen
+class InterruptAll:
+    """Stop every running job, recording it as an error with ``reason``. Reply: how many."""
+
+    reason: str
+
+
+# -- JobRegistry: from its StreamActors ----------------------------------------
+
+
+@attrs.frozen
+class StreamOpened:
+    job_id: str
+    generation_id: str | None
+
+
+@attrs.frozen
+class DeltasStored:
+    """These deltas are in the store; update the job and tell its followers."""
+
+    job_id: str
+    deltas: tuple[Delta, ...]
+
+
+@attrs.frozen
+class StreamFinished:
+    job_id: str
+    finish_reason: str | None
+    usage: Usage | None
+    generation_id: str | None
+
+
+@attrs.frozen
+class StreamFailed:
+    job_id: str
+    error: str
+
+
+# -- JobRegistry: from the Sweeper ---------------------------------------------
+
+
+@attrs.frozen
+class Sweep:
+    """Time out old running jobs and delete expired finished ones. Reply: :class:`SweepResult`."""
+
+
+@attrs.frozen
+class SweepResult:
+    timed_out: int
+    deleted: int
+
+
+# -- Notifier -------------------------------------------------------------------
+
+
+@attrs.frozen
+class JobFinished:
+    """A job ended. Reply: the :class:`Notification` created, or None.
+
+    ``watched`` is True when a follower was attached at that moment.
+    """
+
+    job: Job
+    watched: bool
+
+
+@attrs.frozen
+class ListNotifications:
+    owner: Owner
+    unread_only: bool = False
+    limit: int = 50
+
+
+@attrs.frozen
+class MarkRead:
+    owner: Owner
+    notification_id: str
+
+
+@attrs.frozen
+class MarkAllRead:
+    owner: Owner
+
+
+@attrs.frozen
+class DeleteNotification:
+    owner: Owner
+    notification_id: str
+
+
+@attrs.frozen
+class MuteThread:
+    owner: Owner
+    thread_id: str
+    muted: bool
+
+
+@attrs.frozen
+class FollowNotifications:
+    """Reply: a receive channel of the owner's new :class:`Notification` values."""
+
+    owner: Owner
+
+
+# -- StoreKeeper ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Ping:
+    """Reply: None once the store answered; raises if it is unreachable."""

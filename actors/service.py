@@ -1,0 +1,271 @@
+"""The service: :func:`open_service` starts the supervision tree, :class:`Service` is its facade.
+
+::
+
+    service (supervisor, ONE_FOR_ONE)
+    ├── store      StoreKeeper: opens the store first, answers health pings
+    ├── notifier   Notifier
+    ├── registry   JobRegistry: the one authority on job state
+    ├── streams    supervisor of per-job StreamActors (dynamic, TEMPORARY)
+    └── sweeper    Sweeper: timeouts and retention, on trio's clock
+
+The facade talks to the actors only by messages; the HTTP adapter and the CLI
+use nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import trio
+
+from actors.api import ChatRequest, JobView
+from actors.clock import TrioWallClock
+from actors.config import ServiceConfig
+from actors.dependencies import (
+    NOTIFIER,
+    REGISTRY,
+    SERVICE,
+    STORE,
+    ServiceDependencies,
+    new_id,
+)
+from actors.errors import UserKeyNotAllowed
+from actors.following import JobFollower, NotificationFollower
+from actors.messages import (
+    AbortJob,
+    BeginDrain,
+    CreateJob,
+    DeleteNotification,
+    GetJob,
+    InterruptAll,
+    ListJobs,
+    ListNotifications,
+    MarkAllRead,
+    MarkRead,
+    MuteThread,
+    Ping,
+    Sweep,
+    SweepResult,
+)
+from actors.model import Job, JobStatus, Notification, Owner
+from actors.notifier import Notifier
+from actors.registry import JobRegistry
+from actors.store_keeper import StoreKeeper
+from actors.stores import Store, StoreFactory
+from actors.sweeper import Sweeper
+from actors.upstream import OpenAICompatibleUpstream, SimulatedUpstream, Upstream
+from runtime import (
+    ActorSnapshot,
+    ActorSystem,
+    ChildSpec,
+    Strategy,
+    SupervisorSpec,
+    open_system,
+)
+
+__all__ = ["Service", "build_upstream", "open_service"]
+
+log = structlog.get_logger("troupe.service")
+
+# How long a facade call waits for an actor before giving up.
+_ASK_TIMEOUT = 30.0
+
+
+def build_upstream(config: ServiceConfig) -> Upstream:
+    """The upstream client the configuration asks for."""
+    if config.upstream == "openai":
+        return OpenAICompatibleUpstream(
+            config.upstream_base_url,
+            config.upstream_api_key,
+            idle_timeout=config.upstream_idle_timeout,
+        )
+    return SimulatedUpstream(config.simulated_tokens_per_second)
+
+
+def service_spec(deps: ServiceDependencies) -> SupervisorSpec:
+    """The service supervisor's children but the sweeper, which needs the registry's ref."""
+    return SupervisorSpec(
+        strategy=Strategy.ONE_FOR_ONE,
+        max_restarts=10,
+        within=60.0,
+        children=[
+            ChildSpec("store", functools.partial(StoreKeeper, deps)),
+            ChildSpec("notifier", functools.partial(Notifier, deps)),
+            ChildSpec("registry", functools.partial(JobRegistry, deps)),
+            ChildSpec("streams", SupervisorSpec(max_restarts=1_000_000, within=1.0)),
+        ],
+    )
+
+
+class Service:
+    """The in-process API of the background-streaming service.
+
+    Every method is scoped by an :class:`Owner`: a job or notification of
+    another owner behaves exactly like a missing one. Methods wait for the
+    actors (at most 30 s) and may be cancelled; a cancelled call may still
+    take effect.
+    """
+
+    def __init__(self, system: ActorSystem, deps: ServiceDependencies, store: Store) -> None:
+        self.system = system
+        self.config = deps.config
+        self._deps = deps
+        self._store = store
+        registry, notifier = system.lookup(REGISTRY), system.lookup(NOTIFIER)
+        assert registry is not None and notifier is not None
+        self._registry = registry
+        self._notifier = notifier
+
+    # -- jobs --------------------------------------------------------------------
+
+    async def start_job(self, owner: Owner, request: ChatRequest) -> Job:
+        """Start streaming ``request`` in the background and return the new job.
+
+        Raises :class:`ServerBusy` at the global cap (or while shutting down),
+        :class:`TooManyJobs` at the per-user cap, :class:`UserKeyNotAllowed`
+        for a per-request key the configuration does not allow.
+        """
+        if request.api_key is not None and not self.config.allow_user_api_keys:
+            raise UserKeyNotAllowed("this server does not accept per-request API keys")
+        job: Job = await self._registry.ask(CreateJob(owner, request), timeout=_ASK_TIMEOUT)
+        return job
+
+    async def get_job(self, owner: Owner, job_id: str, offset: int = 0) -> JobView | None:
+        """The job with its content from ``offset`` on, or None if it is not the owner's."""
+        job: Job | None = await self._registry.ask(GetJob(owner, job_id), timeout=_ASK_TIMEOUT)
+        return None if job is None else JobView.of(job, offset)
+
+    async def abort_job(self, owner: Owner, job_id: str) -> bool:
+        """Abort a running job; closes the upstream response. Idempotent.
+
+        Returns True if this call aborted it; False if it is missing, not the
+        owner's, or already finished.
+        """
+        aborted: bool = await self._registry.ask(AbortJob(owner, job_id), timeout=_ASK_TIMEOUT)
+        return aborted
+
+    async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[JobView]:
+        """The owner's jobs, newest first, without their content."""
+        jobs: list[Job] = await self._registry.ask(ListJobs(owner, status), timeout=_ASK_TIMEOUT)
+        return [JobView.of(job, len(job.content)) for job in jobs]
+
+    def follow(self, owner: Owner, job_id: str, after_seq: int | None = None) -> JobFollower:
+        """An async iterator of the job's events: snapshot, deltas after ``after_seq``, status.
+
+        Iterating raises :class:`JobNotFound` if the job is not the owner's.
+        """
+        return JobFollower(self._registry, self._store, owner, job_id, after_seq)
+
+    async def sweep(self) -> SweepResult:
+        """Run a sweep now (timeouts and retention), as the sweeper does periodically."""
+        result: SweepResult = await self._registry.ask(Sweep(), timeout=_ASK_TIMEOUT)
+        return result
+
+    # -- notifications -------------------------------------------------------------
+
+    async def list_notifications(
+        self, owner: Owner, unread_only: bool = False, limit: int = 50
+    ) -> list[Notification]:
+        found: list[Notification] = await self._notifier.ask(
+            ListNotifications(owner, unread_only, limit), timeout=_ASK_TIMEOUT
+        )
+        return found
+
+    async def mark_read(self, owner: Owner, notification_id: str) -> bool:
+        done: bool = await self._notifier.ask(
+            MarkRead(owner, notification_id), timeout=_ASK_TIMEOUT
+        )
+        return done
+
+    async def mark_all_read(self, owner: Owner) -> int:
+        count: int = await self._notifier.ask(MarkAllRead(owner), timeout=_ASK_TIMEOUT)
+        return count
+
+    async def delete_notification(self, owner: Owner, notification_id: str) -> bool:
+        done: bool = await self._notifier.ask(
+            DeleteNotification(owner, notification_id), timeout=_ASK_TIMEOUT
+        )
+        return done
+
+    def follow_notifications(self, owner: Owner) -> NotificationFollower:
+        """An async iterator of the owner's new notifications, live, until closed."""
+        return NotificationFollower(self._notifier, owner)
+
+    async def mute_thread(self, owner: Owner, thread_id: str, muted: bool = True) -> None:
+        """Mute (or unmute) a thread: jobs in a muted thread notify nobody."""
+        await self._notifier.ask(MuteThread(owner, thread_id, muted), timeout=_ASK_TIMEOUT)
+
+    # -- operations ------------------------------------------------------------------
+
+    def snapshot(self) -> ActorSnapshot:
+        """The runtime's live tree, for operators."""
+        return self.system.snapshot()
+
+    async def ready(self) -> bool:
+        """True when the tree runs and the store answers."""
+        keeper = self.system.lookup(STORE)
+        if keeper is None:
+            return False
+        try:
+            await keeper.ask(Ping(), timeout=5.0)
+        except Exception:
+            return False
+        return True
+
+    async def drain(self, timeout: float) -> int:
+        """Refuse new jobs, let running ones finish for up to ``timeout`` seconds,
+        then stop the rest as errors (their partial content kept). Returns how
+        many were interrupted."""
+        running: int = await self._registry.ask(BeginDrain(), timeout=_ASK_TIMEOUT)
+        with trio.move_on_after(timeout):
+            while running:
+                await trio.sleep(0.05)
+                running = await self._registry.ask(BeginDrain(), timeout=_ASK_TIMEOUT)
+        interrupted: int = await self._registry.ask(
+            InterruptAll("interrupted: server shut down"), timeout=None
+        )
+        if interrupted:
+            log.warning("interrupted running jobs at shutdown", count=interrupted)
+        return interrupted
+
+
+@asynccontextmanager
+async def open_service(
+    config: ServiceConfig, *, upstream: Upstream | None = None
+) -> AsyncIterator[Service]:
+    """Run the service for the duration of the ``async with`` block.
+
+    ``upstream`` replaces the configured upstream client (tests, embedding).
+    On start, jobs a previous process left running become errors
+    ("interrupted: server restarted") with their partial content and a
+    notification. On exit, running jobs drain for ``config.drain_timeout``
+    seconds, then the rest are recorded as interrupted, and the tree stops.
+    Raises :class:`~actors.stores.StoreError` if the store cannot be opened.
+    """
+    stores = StoreFactory(config.store, config.data_dir)
+    own_upstream = upstream is None
+    client = build_upstream(config) if upstream is None else upstream
+    try:
+        store = await stores.get()
+        async with open_system() as system:
+            deps = ServiceDependencies(config, stores, client, TrioWallClock(), new_id)
+            spec = service_spec(deps)
+            sup = await system.spawn_supervisor(spec, name=SERVICE)
+            registry = system.lookup(REGISTRY)
+            assert registry is not None
+            await sup.start_child(ChildSpec("sweeper", functools.partial(Sweeper, deps, registry)))
+            service = Service(system, deps, store)
+            try:
+                yield service
+            finally:
+                with trio.CancelScope(shield=True):
+                    await service.drain(config.drain_timeout)
+    finally:
+        with trio.CancelScope(shield=True):
+            if own_upstream:
+                await client.aclose()
+            await stores.aclose()

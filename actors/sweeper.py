@@ -1,0 +1,43 @@
+"""The :class:`Sweeper` actor: asks the registry for a sweep every ``sweep_interval``.
+
+It replaces the seed's self-referencing cleanup timer: the registry does the
+work, and the sweeper only keeps time, on trio's clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+import trio
+
+from actors.dependencies import ServiceDependencies
+from actors.messages import Sweep, SweepResult
+from runtime import Actor, ActorRef
+
+__all__ = ["Sweeper"]
+
+log = structlog.get_logger("troupe.sweeper")
+
+
+class Sweeper(Actor):
+    def __init__(self, deps: ServiceDependencies, registry: ActorRef) -> None:
+        self._interval = deps.config.sweep_interval
+        self._registry = registry
+
+    async def on_start(self) -> None:
+        self.context.start_task(self._tick)
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, Sweep):
+            return await self._sweep()
+        raise TypeError(f"Sweeper does not handle {type(message).__name__}")
+
+    async def _tick(self) -> None:
+        while True:
+            await trio.sleep(self._interval)
+            await self.context.self.tell(Sweep())
+
+    async def _sweep(self) -> SweepResult:
+        result: SweepResult = await self._registry.ask(Sweep(), timeout=None)
+        return result

@@ -9,6 +9,7 @@ import attrs
 
 from actors.clock import TrioWallClock
 from actors.config import ServiceConfig
+from actors.metrics import ServiceMetrics
 from actors.stores import StoreFactory
 from actors.upstream import Upstream
 
@@ -33,6 +34,7 @@ class ServiceDependencies:
     upstream: Upstream
     clock: TrioWallClock
     new_id: Callable[[], str] = new_id
+    metrics: ServiceMetrics = attrs.field(factory=ServiceMetrics)
 
 
 # Paths of the service's actors in the runtime tree.

@@ -114,12 +114,16 @@ class JobFollower:
         if not self._replay:  # the store has nothing more (deleted meanwhile)
             self._replay_until = self.last_seq
 
-    async def aclose(self) -> None:
-        """Stop following; the registry lets go at its next delta for this job."""
+    def close(self) -> None:
+        """Stop following; the registry lets go at its next event for this job."""
         self._done = True
         if self._live is not None:
-            await self._live.aclose()
+            self._live.close()
             self._live = None
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Self:
         return self
@@ -162,11 +166,16 @@ class NotificationFollower:
                 self._live = None
         raise StopAsyncIteration
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Stop following; the notifier lets go at the next notification."""
         self._closed = True
         if self._live is not None:
-            await self._live.aclose()
+            self._live.close()
             self._live = None
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
 
     async def __aenter__(self) -> Self:
         return self

@@ -41,7 +41,8 @@ __all__ = [
 
 @attrs.frozen
 class CreateJob:
-    """Reply: the new :class:`Job`; raises ServerBusy / TooManyJobs at a cap."""
+    """Reply: the new :class:`Job`, or at a cap the ServerBusy / TooManyJobs refusal
+    (returned as the reply, not raised, so the registry does not crash)."""
 
     owner: Owner
     request: ChatRequest

@@ -22,7 +22,7 @@ import trio
 
 from actors.api import DeltaEvent, JobEvent, StatusEvent
 from actors.dependencies import NOTIFIER, STREAMS, ServiceDependencies
-from actors.errors import ServerBusy, TooManyJobs
+from actors.errors import ServerBusy, ServiceError, TooManyJobs
 from actors.messages import (
     AbortJob,
     BeginDrain,
@@ -159,16 +159,19 @@ class JobRegistry(Actor):
 
     # -- the owner's requests ----------------------------------------------------
 
-    async def _create(self, owner: Owner, request: Any) -> Job:
+    async def _create(self, owner: Owner, request: Any) -> Job | ServiceError:
+        # A refusal is returned as the reply, never raised: a handler that
+        # raises crashes this actor, and the caller would get ActorCrashed.
         if self._draining:
-            raise ServerBusy("the service is shutting down")
+            return ServerBusy("the service is shutting down")
         if len(self._running) >= self._config.max_concurrent_jobs:
-            raise ServerBusy(
+            return ServerBusy(
                 f"{self._config.max_concurrent_jobs} jobs are running, the most this server runs"
             )
-        mine = sum(1 for r in self._running.values() if r.job.owner == owner)
+        # Per user, across workspaces: switching workspace does not lift the cap.
+        mine = sum(1 for r in self._running.values() if r.job.user_id == owner.user_id)
         if mine >= self._config.max_jobs_per_user:
-            raise TooManyJobs(
+            return TooManyJobs(
                 f"you already run {mine} jobs, the most allowed per user; "
                 "wait for one to finish or abort one"
             )
@@ -184,6 +187,8 @@ class JobRegistry(Actor):
         )
         await self._store.create_job(job)
         running = self._running[job.id] = _Running(job)
+        self._deps.metrics.jobs_started.inc()
+        self._deps.metrics.jobs_running.set(len(self._running))
         upstream_request = UpstreamRequest(
             model=request.model,
             messages=request.messages,
@@ -318,6 +323,12 @@ class JobRegistry(Actor):
             self.context.unwatch(stream)
             with contextlib.suppress(ActorStopped, ServerBusy):
                 await self._streams().stop_child(running.job.id)
+            # The stream's last deltas are in the store, but their report waits
+            # behind this handler and would find the job finished: take them
+            # now, so followers get them before the status and last_seq is right.
+            last = await self._store.get_deltas(running.job.id, running.job.last_seq)
+            if last:
+                self._on_deltas(DeltasStored(running.job.id, tuple(last)))
 
     async def _finish(
         self,
@@ -341,6 +352,8 @@ class JobRegistry(Actor):
         )
         del self._running[job.id]
         await self._store.update_job(job)
+        self._deps.metrics.jobs_finished.labels(status.value).inc()
+        self._deps.metrics.jobs_running.set(len(self._running))
         final = StatusEvent(status, error, finish_reason, usage, job.last_seq)
         watched = False
         for follower in running.followers:

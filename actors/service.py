@@ -33,7 +33,7 @@ from actors.dependencies import (
     ServiceDependencies,
     new_id,
 )
-from actors.errors import UserKeyNotAllowed
+from actors.errors import ServiceError, UserKeyNotAllowed
 from actors.following import JobFollower, NotificationFollower
 from actors.messages import (
     AbortJob,
@@ -113,6 +113,7 @@ class Service:
     def __init__(self, system: ActorSystem, deps: ServiceDependencies, store: Store) -> None:
         self.system = system
         self.config = deps.config
+        self.metrics = deps.metrics
         self._deps = deps
         self._store = store
         registry, notifier = system.lookup(REGISTRY), system.lookup(NOTIFIER)
@@ -131,8 +132,12 @@ class Service:
         """
         if request.api_key is not None and not self.config.allow_user_api_keys:
             raise UserKeyNotAllowed("this server does not accept per-request API keys")
-        job: Job = await self._registry.ask(CreateJob(owner, request), timeout=_ASK_TIMEOUT)
-        return job
+        reply: Job | ServiceError = await self._registry.ask(
+            CreateJob(owner, request), timeout=_ASK_TIMEOUT
+        )
+        if isinstance(reply, ServiceError):
+            raise reply
+        return reply
 
     async def get_job(self, owner: Owner, job_id: str, offset: int = 0) -> JobView | None:
         """The job with its content from ``offset`` on, or None if it is not the owner's."""
@@ -259,6 +264,7 @@ async def open_service(
             assert registry is not None
             await sup.start_child(ChildSpec("sweeper", functools.partial(Sweeper, deps, registry)))
             service = Service(system, deps, store)
+            deps.metrics.watch_tree(system.snapshot)
             try:
                 yield service
             finally:

@@ -57,6 +57,7 @@ class StreamActor(Actor):
             deps.config.flush_max_deltas * 4
         )
         self._written = trio.Event()
+        self._requested_at = 0.0
 
     async def on_start(self) -> None:
         self._store = await self._deps.stores.get()
@@ -82,10 +83,12 @@ class StreamActor(Actor):
 
     async def _stream(self) -> None:
         final: StreamFinished | StreamFailed
+        self._requested_at = trio.current_time()
         try:
             result = await self._deps.upstream.stream(self._request, self._on_event)
         except UpstreamError as error:
             log.info("upstream failed", job_id=self._job_id, code=error.code)
+            self._deps.metrics.upstream_errors.labels(error.code).inc()
             final = StreamFailed(self._job_id, str(error))
         else:
             final = StreamFinished(
@@ -102,6 +105,10 @@ class StreamActor(Actor):
     async def _on_event(self, event: UpstreamEvent) -> None:
         if isinstance(event, TextDelta):
             if event.content or event.reasoning:
+                if self._seq == 0:
+                    self._deps.metrics.upstream_first_token.observe(
+                        trio.current_time() - self._requested_at
+                    )
                 self._seq += 1
                 await self._deltas_in.send(
                     Delta(self._job_id, self._seq, event.content, event.reasoning)

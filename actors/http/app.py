@@ -1,0 +1,597 @@
+"""The HTTP API: a Starlette app over the :class:`~actors.service.Service` facade.
+
+It uses nothing but the facade, so everything it offers is also available to
+an embedding trio program. Routes:
+
+* ``/v1/...``: the JSON API, errors as ``{"error": {"code", "message"}}``;
+* ``/api/...``: the seed's routes, with the seed's exact shapes;
+* ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+import trio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from actors.api import ChatRequest, DeltaEvent, JobEvent, SnapshotEvent, StatusEvent
+from actors.errors import JobNotFound, ServerBusy, TooManyJobs, UserKeyNotAllowed
+from actors.following import JobFollower, NotificationFollower
+from actors.http.auth import AuthError, Principal, TokenAuthority
+from actors.http.errors import (
+    ApiError,
+    api_error_handler,
+    http_exception_handler,
+    internal_error_handler,
+)
+from actors.http.openapi import openapi_document
+from actors.http.schemas import (
+    ChatMessage,
+    CreateJobBody,
+    InvalidBody,
+    MuteBody,
+    check_create,
+    check_messages,
+    check_text,
+    delta_json,
+    job_json,
+    notification_json,
+    seed_status_json,
+    status_json,
+    structure_body,
+)
+from actors.model import JobStatus
+from actors.service import Service
+from runtime import codec
+
+__all__ = ["ShutdownSignal", "build_app"]
+
+log = structlog.get_logger("troupe.http")
+
+USER_KEY_HEADER = "x-upstream-api-key"
+SEED_NOT_FOUND = "Job not found or unauthorized"
+SEED_NOT_ABORTED = "Job not found, unauthorized, or already complete"
+
+
+class ShutdownSignal:
+    """Ends every open event stream with a final ``shutdown`` event.
+
+    Hypercorn waits for open connections before it finishes shutting down,
+    so the server triggers this first.
+    """
+
+    def __init__(self) -> None:
+        self.triggered = False
+        self._scopes: set[trio.CancelScope] = set()
+
+    def trigger(self) -> None:
+        self.triggered = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    async def run_until_triggered(self, fn: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """``(True, fn())``, or ``(False, None)`` if the signal came first."""
+        if self.triggered:
+            return False, None
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                return True, await fn()
+            finally:
+                self._scopes.discard(scope)
+        return False, None
+
+
+class _RequestContext:
+    """Pure ASGI middleware: a request id in the logs and the response, and an access log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming[:64] if incoming else uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+
+
+def build_app(
+    service: Service,
+    tokens: TokenAuthority,
+    shutdown: ShutdownSignal,
+    *,
+    keepalive: float = 15.0,
+) -> Starlette:
+    """The Starlette app for ``service``; ``keepalive`` is the SSE comment interval."""
+    max_body = service.config.max_body_bytes
+
+    def principal(request: Request, *, seed: bool = False) -> Principal:
+        try:
+            return tokens.verify(request.headers.get("authorization"))
+        except AuthError as error:
+            if seed:
+                raise _SeedError(401, "Unauthorized") from None
+            raise ApiError(
+                401, "unauthorized", str(error), {"WWW-Authenticate": 'Bearer realm="troupe"'}
+            ) from None
+
+    async def read_json(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            raise ApiError(413, "payload_too_large", f"the body may be at most {max_body} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body:
+                raise ApiError(
+                    413, "payload_too_large", f"the body may be at most {max_body} bytes"
+                )
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+
+    def user_key(request: Request) -> str | None:
+        return request.headers.get(USER_KEY_HEADER) or None
+
+    async def start(principal_: Principal, request: ChatRequest) -> Any:
+        try:
+            return await service.start_job(principal_.owner, request)
+        except TooManyJobs as error:
+            raise ApiError(429, "too_many_jobs", str(error)) from None
+        except ServerBusy as error:
+            raise ApiError(503, "server_busy", str(error), {"Retry-After": "5"}) from None
+        except UserKeyNotAllowed as error:
+            raise ApiError(403, "user_key_not_allowed", str(error)) from None
+
+    # -- v1: jobs -------------------------------------------------------------
+
+    async def create_job(request: Request) -> Response:
+        who = principal(request)
+        try:
+            body: CreateJobBody = structure_body(await read_json(request), CreateJobBody)
+            messages = check_create(body)
+        except InvalidBody as error:
+            raise ApiError(422, "invalid_request", str(error)) from None
+        job = await start(
+            who,
+            ChatRequest(
+                model=body.model,
+                messages=messages,
+                thread_id=body.thread_id,
+                message_id=body.message_id,
+                params=body.params,
+                api_key=user_key(request),
+            ),
+        )
+        view = await service.get_job(who.owner, job.id)
+        assert view is not None
+        return JSONResponse(
+            job_json(view), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
+        )
+
+    async def get_job(request: Request) -> Response:
+        who = principal(request)
+        offset = _int_param(request, "offset", 0)
+        view = await service.get_job(who.owner, request.path_params["job_id"], offset)
+        if view is None:
+            raise ApiError(404, "not_found", "no such job")
+        return JSONResponse(job_json(view))
+
+    async def list_jobs(request: Request) -> Response:
+        who = principal(request)
+        raw = request.query_params.get("status")
+        status = None
+        if raw:
+            try:
+                status = JobStatus(raw)
+            except ValueError:
+                valid = ", ".join(s.value for s in JobStatus)
+                raise ApiError(422, "invalid_request", f"status: one of {valid}") from None
+        views = await service.list_jobs(who.owner, status)
+        return JSONResponse({"jobs": [job_json(v) for v in views]})
+
+    async def abort_job(request: Request) -> Response:
+        who = principal(request)
+        job_id = request.path_params["job_id"]
+        aborted = await service.abort_job(who.owner, job_id)
+        view = await service.get_job(who.owner, job_id)
+        if view is None:
+            raise ApiError(404, "not_found", "no such job")
+        return JSONResponse({"aborted": aborted, "job": job_json(view)})
+
+    async def job_events(request: Request) -> Response:
+        who = principal(request)
+        job_id = request.path_params["job_id"]
+        after = _resume_point(request)
+        if await service.get_job(who.owner, job_id) is None:
+            raise ApiError(404, "not_found", "no such job")
+        follower = service.follow(who.owner, job_id, after)
+        return EventSourceResponse(
+            _JobEventStream(follower, shutdown),
+            ping=keepalive,
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    # -- v1: notifications ----------------------------------------------------
+
+    async def list_notifications(request: Request) -> Response:
+        who = principal(request)
+        unread = request.query_params.get("unread", "") in ("1", "true", "yes")
+        limit = _int_param(request, "limit", 50, maximum=500)
+        found = await service.list_notifications(who.owner, unread, limit)
+        return JSONResponse({"notifications": [notification_json(n) for n in found]})
+
+    async def read_notification(request: Request) -> Response:
+        who = principal(request)
+        if not await service.mark_read(who.owner, request.path_params["notification_id"]):
+            raise ApiError(404, "not_found", "no such notification")
+        return JSONResponse({"read": True})
+
+    async def read_all_notifications(request: Request) -> Response:
+        who = principal(request)
+        return JSONResponse({"updated": await service.mark_all_read(who.owner)})
+
+    async def delete_notification(request: Request) -> Response:
+        who = principal(request)
+        if not await service.delete_notification(who.owner, request.path_params["notification_id"]):
+            raise ApiError(404, "not_found", "no such notification")
+        return Response(status_code=204)
+
+    async def notification_events(request: Request) -> Response:
+        who = principal(request)
+        follower = service.follow_notifications(who.owner)
+        return EventSourceResponse(
+            _NotificationStream(follower, shutdown),
+            ping=keepalive,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def mute_thread(request: Request) -> Response:
+        who = principal(request)
+        thread_id = request.path_params["thread_id"]
+        try:
+            body: MuteBody = structure_body(await read_json(request), MuteBody)
+            check_text(thread_id, "thread_id")
+        except InvalidBody as error:
+            raise ApiError(422, "invalid_request", str(error)) from None
+        await service.mute_thread(who.owner, thread_id, body.muted)
+        return JSONResponse({"thread_id": thread_id, "muted": body.muted})
+
+    # -- operations -------------------------------------------------------------
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if shutdown.triggered:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        if await service.ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready"}, status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(
+            service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def system_actors(request: Request) -> Response:
+        who = principal(request)
+        if not who.admin:
+            raise ApiError(403, "forbidden", "this needs a token with the admin claim")
+        return JSONResponse(codec.unstructure(service.snapshot()))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    # -- the seed's routes ------------------------------------------------------
+
+    async def seed_stream(request: Request) -> Response:
+        who = principal(request, seed=True)
+        try:
+            body = await read_json(request)
+        except ApiError as error:
+            raise _SeedError(error.status, error.message) from None
+        if not isinstance(body, dict):
+            raise _SeedError(400, "Invalid request body")
+        background = body.pop("_background", False) is True
+        thread_id = body.pop("_threadId", None)
+        message_id = body.pop("_messageId", None)
+        model = body.pop("model", None)
+        raw_messages = body.pop("messages", None)
+        body.pop("stream", None)
+        if background and (not isinstance(thread_id, str) or not isinstance(message_id, str)):
+            raise _SeedError(400, "Missing _threadId or _messageId for background streaming")
+        if not isinstance(model, str) or not model:
+            raise _SeedError(400, "Missing model")
+        try:
+            messages = check_messages(codec.structure(raw_messages, list[ChatMessage]))
+        except (InvalidBody, codec.ClassValidationError, TypeError, ValueError):
+            raise _SeedError(400, "Invalid messages") from None
+        chat = ChatRequest(
+            model=model,
+            messages=messages,
+            thread_id=thread_id if isinstance(thread_id, str) else uuid.uuid4().hex,
+            message_id=message_id if isinstance(message_id, str) else uuid.uuid4().hex,
+            params=body,
+            api_key=user_key(request),
+        )
+        try:
+            job = await service.start_job(who.owner, chat)
+        except ServerBusy:
+            raise _SeedError(503, "Server busy, try again later") from None
+        except TooManyJobs:
+            raise _SeedError(429, "Too many background jobs, try again later") from None
+        except UserKeyNotAllowed:
+            raise _SeedError(403, "User API keys are not allowed") from None
+        if background:
+            return JSONResponse({"jobId": job.id, "status": "streaming"})
+        return EventSourceResponse(
+            _ForegroundStream(service.follow(who.owner, job.id), shutdown, model),
+            ping=keepalive,
+            headers={"X-Job-Id": job.id, "Cache-Control": "no-store"},
+        )
+
+    async def seed_status(request: Request) -> Response:
+        who = principal(request, seed=True)
+        view = await service.get_job(who.owner, request.path_params["job_id"])
+        if view is None:
+            raise _SeedError(404, SEED_NOT_FOUND)
+        return JSONResponse(seed_status_json(view))
+
+    async def seed_abort(request: Request) -> Response:
+        who = principal(request, seed=True)
+        if await service.abort_job(who.owner, request.path_params["job_id"]):
+            return JSONResponse({"aborted": True})
+        return JSONResponse({"aborted": False, "message": SEED_NOT_ABORTED})
+
+    async def seed_error_handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _SeedError)
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    routes = [
+        Route("/v1/jobs", create_job, methods=["POST"]),
+        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/abort", abort_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+        Route("/v1/notifications", list_notifications, methods=["GET"]),
+        Route("/v1/notifications/read-all", read_all_notifications, methods=["POST"]),
+        Route("/v1/notifications/events", notification_events, methods=["GET"]),
+        Route("/v1/notifications/{notification_id}/read", read_notification, methods=["POST"]),
+        Route("/v1/notifications/{notification_id}", delete_notification, methods=["DELETE"]),
+        Route("/v1/threads/{thread_id}/mute", mute_thread, methods=["PUT"]),
+        Route("/v1/system/actors", system_actors, methods=["GET"]),
+        Route("/api/openrouter/stream", seed_stream, methods=["POST"]),
+        Route("/api/jobs/{job_id}/status", seed_status, methods=["GET"]),
+        Route("/api/jobs/{job_id}/abort", seed_abort, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: api_error_handler,
+            _SeedError: seed_error_handler,
+            HTTPException: http_exception_handler,
+            Exception: internal_error_handler,
+        },
+    )
+    app.add_middleware(_RequestContext)
+    return app
+
+
+class _SeedError(Exception):
+    """An error of the seed's routes, rendered as ``{"error": "<message>"}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise ApiError(422, "invalid_request", f"{name}: must be a non-negative integer")
+    value = int(raw)
+    if maximum is not None and value > maximum:
+        raise ApiError(422, "invalid_request", f"{name}: at most {maximum}")
+    return value
+
+
+def _resume_point(request: Request) -> int | None:
+    """The seq to resume after: ``Last-Event-ID`` wins over ``?after=``."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("after")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise ApiError(422, "invalid_request", "Last-Event-ID / after: must be a delta seq")
+    return int(raw)
+
+
+class _JobEventStream:
+    """A job's events as SSE: ``snapshot``, ``delta`` (``id:`` = seq), ``status``.
+
+    Ends after the status, or with a ``shutdown`` event when the server stops.
+    A client disconnect only closes the follower; the job goes on.
+    """
+
+    def __init__(self, follower: JobFollower, shutdown: ShutdownSignal) -> None:
+        self._follower = follower
+        self._shutdown = shutdown
+        self._finished = False
+
+    def __aiter__(self) -> _JobEventStream:
+        return self
+
+    async def __anext__(self) -> ServerSentEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            got, event = await self._shutdown.run_until_triggered(self._follower.__anext__)
+        except StopAsyncIteration:
+            self._finished = True
+            raise
+        except JobNotFound:
+            self._finished = True
+            return _sse("error", {"code": "not_found", "message": "no such job"})
+        except BaseException:
+            self._follower.close()
+            raise
+        if not got:
+            self._finished = True
+            self._follower.close()
+            return _sse(
+                "shutdown",
+                {
+                    "message": "server shutting down; resume with Last-Event-ID",
+                    "last_seq": self._follower.last_seq,
+                },
+            )
+        return _job_sse(event)
+
+    async def aclose(self) -> None:
+        self._follower.close()
+        await trio.lowlevel.checkpoint()
+
+
+def _job_sse(event: JobEvent) -> ServerSentEvent:
+    if isinstance(event, DeltaEvent):
+        return ServerSentEvent(
+            data=orjson.dumps(delta_json(event)).decode(), event="delta", id=str(event.seq)
+        )
+    if isinstance(event, SnapshotEvent):
+        return _sse("snapshot", job_json(event.job))
+    assert isinstance(event, StatusEvent)
+    return _sse("status", status_json(event))
+
+
+def _sse(event: str, data: Any) -> ServerSentEvent:
+    return ServerSentEvent(data=orjson.dumps(data).decode(), event=event)
+
+
+class _NotificationStream:
+    def __init__(self, follower: NotificationFollower, shutdown: ShutdownSignal) -> None:
+        self._follower = follower
+        self._shutdown = shutdown
+        self._finished = False
+
+    def __aiter__(self) -> _NotificationStream:
+        return self
+
+    async def __anext__(self) -> ServerSentEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            got, notification = await self._shutdown.run_until_triggered(self._follower.__anext__)
+        except BaseException:
+            self._follower.close()
+            raise
+        if not got:
+            self._finished = True
+            self._follower.close()
+            return _sse("shutdown", {"message": "server shutting down"})
+        return _sse("notification", notification_json(notification))
+
+    async def aclose(self) -> None:
+        self._follower.close()
+        await trio.lowlevel.checkpoint()
+
+
+class _ForegroundStream:
+    """The seed's foreground path: the job's deltas as OpenAI chat-completion chunks.
+
+    The job is recorded like any other, so a client that loses the stream can
+    find it by the ``X-Job-Id`` header; a disconnect does not abort it.
+    """
+
+    def __init__(self, follower: JobFollower, shutdown: ShutdownSignal, model: str) -> None:
+        self._follower = follower
+        self._shutdown = shutdown
+        self._model = model
+        self._finished = False
+        self._chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+    def __aiter__(self) -> _ForegroundStream:
+        return self
+
+    async def __anext__(self) -> ServerSentEvent:
+        while not self._finished:
+            try:
+                got, event = await self._shutdown.run_until_triggered(self._follower.__anext__)
+            except StopAsyncIteration:
+                break
+            except BaseException:
+                self._follower.close()
+                raise
+            if not got:
+                self._finished = True
+                self._follower.close()
+                return self._chunk({}, "error", error="server shutting down")
+            if isinstance(event, DeltaEvent):
+                delta = {"content": event.content}
+                if event.reasoning:
+                    delta["reasoning"] = event.reasoning
+                return self._chunk(delta, None)
+            if isinstance(event, StatusEvent):
+                self._finished = True
+                if event.status is JobStatus.COMPLETE:
+                    return ServerSentEvent(data="[DONE]")
+                return self._chunk({}, "error", error=event.error or event.status.value)
+        raise StopAsyncIteration
+
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None, error: str | None = None
+    ) -> ServerSentEvent:
+        chunk: dict[str, Any] = {
+            "id": self._chunk_id,
+            "object": "chat.completion.chunk",
+            "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if error is not None:
+            chunk["error"] = {"code": "job_failed", "message": error}
+        return ServerSentEvent(data=orjson.dumps(chunk).decode())
+
+    async def aclose(self) -> None:
+        self._follower.close()
+        await trio.lowlevel.checkpoint()

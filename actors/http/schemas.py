@@ -1,0 +1,204 @@
+"""What the HTTP API accepts and returns.
+
+Request bodies are structured with :data:`runtime.codec.converter`, which
+forbids unknown keys; the limits below bound every field, on top of the body
+size cap. Responses are plain JSON objects built here, in one place.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+import cattrs
+
+from actors.api import DeltaEvent, JobView, StatusEvent
+from actors.model import JobStatus, Notification
+from runtime import codec
+
+__all__ = [
+    "MAX_CONTENT_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_MESSAGES",
+    "ChatMessage",
+    "CreateJobBody",
+    "InvalidBody",
+    "MuteBody",
+    "check_messages",
+    "delta_json",
+    "job_json",
+    "notification_json",
+    "seed_status_json",
+    "status_json",
+]
+
+MAX_MESSAGES = 256
+MAX_ID_CHARS = 200
+MAX_CONTENT_CHARS = 200_000
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+class InvalidBody(ValueError):
+    """A body that is JSON but not what the route accepts; the message names the field."""
+
+
+@attrs.frozen
+class ChatMessage:
+    role: str
+    content: Any = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+@attrs.frozen
+class CreateJobBody:
+    model: str
+    messages: list[ChatMessage]
+    thread_id: str
+    message_id: str
+    params: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class MuteBody:
+    muted: bool
+
+
+def structure_body(data: Any, cls: type[Any]) -> Any:
+    """Build ``cls`` from JSON ``data``; raises :class:`InvalidBody` naming what is wrong."""
+    if not isinstance(data, dict):
+        raise InvalidBody("the body must be a JSON object")
+    try:
+        return codec.structure(data, cls)
+    except codec.ClassValidationError as error:
+        raise InvalidBody("; ".join(cattrs.transform_error(error, path="body"))) from None
+    except (TypeError, ValueError) as error:
+        raise InvalidBody(str(error)) from None
+
+
+def check_text(value: str, field: str, limit: int = MAX_ID_CHARS) -> None:
+    if not value or not value.strip():
+        raise InvalidBody(f"{field}: must not be empty")
+    if len(value) > limit:
+        raise InvalidBody(f"{field}: at most {limit} characters")
+
+
+def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Validate chat messages; return them as the upstream expects them."""
+    if not messages:
+        raise InvalidBody("messages: at least one message is required")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidBody(f"messages: at most {MAX_MESSAGES} messages")
+    result = []
+    for index, message in enumerate(messages):
+        if message.role not in ROLES:
+            raise InvalidBody(f"messages[{index}].role: must be one of {', '.join(sorted(ROLES))}")
+        content = message.content
+        if isinstance(content, str):
+            size = len(content)
+        elif isinstance(content, list):
+            size = len(codec.dumps(content))
+        elif content is None and message.role in ("assistant", "tool"):
+            size = 0
+        else:
+            raise InvalidBody(f"messages[{index}].content: must be a string or a list of parts")
+        if size > MAX_CONTENT_CHARS:
+            raise InvalidBody(f"messages[{index}].content: at most {MAX_CONTENT_CHARS} characters")
+        result.append({k: v for k, v in codec.unstructure(message).items() if v is not None})
+    return result
+
+
+def check_create(body: CreateJobBody) -> list[dict[str, Any]]:
+    check_text(body.model, "model")
+    check_text(body.thread_id, "thread_id")
+    check_text(body.message_id, "message_id")
+    return check_messages(body.messages)
+
+
+# -- responses ----------------------------------------------------------------
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def job_json(view: JobView) -> dict[str, Any]:
+    """A job for the v1 API; ``content_delta`` is the content from ``offset`` on."""
+    return {
+        "id": view.id,
+        "thread_id": view.thread_id,
+        "message_id": view.message_id,
+        "model": view.model,
+        "status": view.status.value,
+        "started_at": _time(view.started_at),
+        "completed_at": _time(view.completed_at),
+        "error": view.error,
+        "chunks_received": view.chunks_received,
+        "last_seq": view.last_seq,
+        "finish_reason": view.finish_reason,
+        "usage": codec.unstructure(view.usage),
+        "generation_id": view.generation_id,
+        "offset": view.offset,
+        "content_delta": view.content,
+        "content_length": view.content_length,
+        "reasoning": view.reasoning,
+    }
+
+
+def delta_json(event: DeltaEvent) -> dict[str, Any]:
+    return {"seq": event.seq, "content": event.content, "reasoning": event.reasoning}
+
+
+def status_json(event: StatusEvent) -> dict[str, Any]:
+    return {
+        "status": event.status.value,
+        "error": event.error,
+        "finish_reason": event.finish_reason,
+        "usage": codec.unstructure(event.usage),
+        "last_seq": event.last_seq,
+    }
+
+
+def notification_json(notification: Notification) -> dict[str, Any]:
+    return {
+        "id": notification.id,
+        "thread_id": notification.thread_id,
+        "job_id": notification.job_id,
+        "type": notification.type.value,
+        "title": notification.title,
+        "body": notification.body,
+        "actions": [
+            {
+                "label": action.label,
+                "kind": action.kind,
+                "thread_id": action.thread_id,
+                "message_id": action.message_id,
+            }
+            for action in notification.actions
+        ],
+        "read_at": _time(notification.read_at),
+        "created_at": _time(notification.created_at),
+    }
+
+
+def _millis(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp() * 1000)
+
+
+def seed_status_json(view: JobView) -> dict[str, Any]:
+    """``GET /api/jobs/{id}/status`` as the seed answers it (camelCase, epoch milliseconds)."""
+    status = JobStatus.STREAMING if view.status is JobStatus.QUEUED else view.status
+    return {
+        "id": view.id,
+        "status": status.value,
+        "threadId": view.thread_id,
+        "messageId": view.message_id,
+        "model": view.model,
+        "chunksReceived": view.chunks_received,
+        "startedAt": _millis(view.started_at),
+        "completedAt": _millis(view.completed_at),
+        "error": view.error,
+        "content": view.content,
+    }

@@ -1,0 +1,46 @@
+"""Structured logs: JSON lines on stderr, with the request id bound per request.
+
+Fields whose names look secret are replaced before rendering, so an API key
+or token passed to a logger by mistake never reaches the output.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+__all__ = ["configure_logging"]
+
+_SECRET_WORDS = ("api_key", "apikey", "authorization", "token", "secret", "password")
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "info", *, json: bool = True) -> None:
+    """Send structlog output to stderr at ``level``, as JSON lines or, with
+    ``json=False``, as readable console lines."""
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -21,9 +21,11 @@ from actors import (
     StatusEvent,
     open_service,
 )
+from actors.logs import configure_logging
 
 
 async def main() -> None:
+    configure_logging("warning", json=False)
     with tempfile.TemporaryDirectory() as data_dir:
         config = ServiceConfig(
             store="memory", data_dir=Path(data_dir), simulated_tokens_per_second=200.0

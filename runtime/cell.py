@@ -93,6 +93,8 @@ class Cell(abc.ABC):
         self.run_id = 0
         self.run_done = trio.Event()
         self.run_done.set()
+        # How the latest run ended; once finished, the exit the watchers saw.
+        self.last_exit: Exit | None = None
         self._watchers: dict[int, ActorRef] = {}
         self._stop_reason: str | None = None
         self._stop_deadline = math.inf
@@ -113,6 +115,7 @@ class Cell(abc.ABC):
         started = _Started(task_status)
         try:
             exit = await self._run(started)
+            self.last_exit = exit
         finally:
             started()
             self.run_done.set()
@@ -127,6 +130,7 @@ class Cell(abc.ABC):
     def _begin_run(self) -> None:
         self.run_id += 1
         self.run_done = trio.Event()
+        self.last_exit = None
         self.stopped_by_parent = False
         self._stop_reason = None
         self._stop_deadline = math.inf
@@ -177,6 +181,7 @@ class Cell(abc.ABC):
         if self.finished:
             return
         self.finished = True
+        self.last_exit = exit
         self.state = "stopped"
         self.send.close()
         while True:
@@ -197,7 +202,8 @@ class Cell(abc.ABC):
 
     def add_watcher(self, watcher: ActorRef) -> None:
         if self.finished:
-            self.system.deliver(watcher, Terminated(self.ref, "stopped"))
+            exit = self.last_exit or Exit("shutdown")
+            self.system.deliver(watcher, Terminated(self.ref, exit.reason, exit.error))
         else:
             self._watchers[id(watcher._cell)] = watcher
 
@@ -235,6 +241,9 @@ class ActorCell(Cell):
         self._context = ActorContext(self)
         self._tasks: trio.Nursery | None = None
         self._children: SupervisorCell | None = None
+        # The ask whose handler is running; if cancellation cuts the run short
+        # there, _run still owes its asker an answer.
+        self._handling: Ask | None = None
 
     async def _run(self, started: Callable[[], None]) -> Exit:
         instance: Actor | None = None
@@ -263,6 +272,7 @@ class ActorCell(Cell):
                 exit = await self._run_on_stop(instance, exit)
         finally:
             self._children = None
+            self._answer_interrupted_ask(exit)
         return exit
 
     async def _message_loop(self, instance: Actor) -> Exit:
@@ -284,16 +294,13 @@ class ActorCell(Cell):
             if type(item) is Ask:
                 if item.done:  # its asker gave up; nobody wants the reply
                     continue
+                self._handling = item
                 try:
                     result = await handle(item.message)
                 except Exception as error:
-                    crash = ActorCrashed(
-                        f"{self.path!r} crashed handling {type(item.message).__name__}: "
-                        f"{describe_failure(error)}"
-                    )
-                    crash.__cause__ = error
-                    item.fail(crash)
+                    item.fail(self._crashed_error(item, error))
                     return Exit("crashed", error)
+                self._handling = None
                 item.reply(result)
             else:
                 try:
@@ -302,6 +309,26 @@ class ActorCell(Cell):
                     return Exit("crashed", error)
             self.processed += 1
         return Exit(self._stop_reason or "normal")
+
+    def _crashed_error(self, ask: Ask, error: BaseException) -> ActorCrashed:
+        crash = ActorCrashed(
+            f"{self.path!r} crashed handling {type(ask.message).__name__}: "
+            f"{describe_failure(error)}"
+        )
+        crash.__cause__ = error
+        return crash
+
+    def _answer_interrupted_ask(self, exit: Exit) -> None:
+        """Fail the ask whose handler was cancelled because the run ended under it."""
+        ask, self._handling = self._handling, None
+        if ask is None or ask.done:
+            return
+        if exit.reason == "crashed" and exit.error is not None:
+            ask.fail(self._crashed_error(ask, exit.error))
+        else:
+            ask.fail(
+                ActorStopped(f"{self.path!r} stopped while handling {type(ask.message).__name__}")
+            )
 
     async def _run_on_stop(self, instance: Actor, exit: Exit) -> Exit:
         with self.on_stop_scope():

@@ -3,15 +3,16 @@
 Every attrs class that crosses a boundary (a store row, an HTTP body, a message
 written to disk) goes through :data:`converter`. It is cattrs' orjson
 preconfiguration, so enums travel as their values and datetimes as ISO 8601
-strings, and it forbids unknown keys: input from outside with a field we do not
-know is an error, never silently dropped.
+strings, and it is strict: input from outside with a field we do not know, or a value
+of another JSON type than declared, is an error, never silently dropped or
+converted.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 from cattrs.preconf.orjson import OrjsonConverter, make_converter
 from cattrs.strategies import configure_tagged_union
 
@@ -31,13 +32,67 @@ T = TypeVar("T")
 converter: OrjsonConverter = make_converter(forbid_extra_keys=True)
 
 
+# cattrs converts scalars leniently (``str(1)``, ``bool("no")``); input from
+# outside must already have the declared type.
+def _structure_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+converter.register_structure_hook(str, _structure_str)
+converter.register_structure_hook(bool, _structure_bool)
+converter.register_structure_hook(int, _structure_int)
+converter.register_structure_hook(float, _structure_float)
+
+
 def register_tagged_union(union: Any, tag_name: str = "type") -> None:
     """Teach :data:`converter` a union of attrs classes, tagged by class name.
 
     ``{"type": "Increment", ...}`` structures to ``Increment``. Register a union
-    once, at import time of the module that defines its members.
+    once, at import time of the module that defines its members. Input that is
+    not an object, or whose tag is missing or names no member, raises
+    :class:`ClassValidationError` like any other invalid field.
     """
     configure_tagged_union(union, converter, tag_name=tag_name, tag_generator=_class_name)
+    by_tag = converter.get_structure_hook(union)
+    tags = tuple(_class_name(member) for member in get_args(union))
+
+    # cattrs' own hook lets a bare KeyError or AttributeError escape on such
+    # input, which callers that catch validation errors would not expect.
+    def structure_tagged(value: Any, cls: Any) -> Any:
+        if isinstance(value, dict) and value.get(tag_name) in tags:
+            return by_tag(value, cls)
+        problem: Exception
+        if not isinstance(value, dict):
+            problem = TypeError(f"expected an object, got {type(value).__name__}")
+        else:
+            if tag_name not in value:
+                problem = KeyError(tag_name)
+            else:
+                problem = ValueError(f"{tag_name} {value[tag_name]!r} is none of {tags}")
+            problem.add_note(AttributeValidationNote(f"Structuring {tag_name}", tag_name, union))
+        raise ClassValidationError(f"While structuring {union}", [problem], union)
+
+    converter.register_structure_hook(union, structure_tagged)
 
 
 def _class_name(cls: type) -> str:
@@ -45,7 +100,8 @@ def _class_name(cls: type) -> str:
 
 
 def unstructure(obj: Any, unstructure_as: Any = None) -> Any:
-    """Return ``obj`` as plain JSON-ready data (dicts, lists, strings, numbers)."""
+    """Return ``obj`` as data orjson can write: dicts, lists and scalars, with
+    datetimes and enums left for orjson to render."""
     return converter.unstructure(obj, unstructure_as=unstructure_as)
 
 

@@ -66,6 +66,9 @@ class SupervisorCell(Cell):
     # -- one run ------------------------------------------------------------
 
     async def _run(self, started: Callable[[], None]) -> Exit:
+        # As in OTP, a restarted supervisor is a new process: the restarts
+        # that made its previous run give up no longer count against it.
+        self._restart_times.clear()
         try:
             with self._kill_scope:
                 try:
@@ -148,24 +151,28 @@ class SupervisorCell(Cell):
         if not cell.stopped_by_parent:
             self.send.send_nowait(ChildExited(cell, cell.run_id, exit))
 
-    async def _stop(self, cell: Cell) -> None:
-        """Stop the current run of ``cell`` within its grace time and wait for it."""
+    async def _stop(self, cell: Cell) -> Exit:
+        """Stop the current run of ``cell`` within its grace time and wait for it.
+
+        Returns the exit to report if the child is now forgotten: ``killed``
+        if it outlived its grace time, else ``shutdown``.
+        """
         cell.stopped_by_parent = True
         cell.request_stop(grace=cell.spec.grace)
         await cell.run_done.wait()
+        killed = cell.last_exit is not None and cell.last_exit.reason == "killed"
+        return Exit("killed") if killed else Exit("shutdown")
 
     async def _stop_children(self, cells: list[Cell]) -> None:
         """Stop ``cells`` in reverse start order, for good."""
         for cell in reversed(cells):
-            await self._stop(cell)
-            self._forget(cell, Exit("shutdown"))
+            self._forget(cell, await self._stop(cell))
 
     async def _stop_for_good(self, name: str) -> bool:
         cell = self._children.get(name)
         if cell is None:
             return False
-        await self._stop(cell)
-        self._forget(cell, Exit("shutdown"))
+        self._forget(cell, await self._stop(cell))
         if cell.spec in self._specs:
             self._specs.remove(cell.spec)
         return True
@@ -192,10 +199,10 @@ class SupervisorCell(Cell):
         cell.state = "restarting"
         for sibling in reversed(group):
             if sibling is not cell:
-                await self._stop(sibling)
+                stopped = await self._stop(sibling)
                 sibling.state = "restarting"
                 if sibling.spec.restart is Restart.TEMPORARY:
-                    self._forget(sibling, Exit("shutdown"))
+                    self._forget(sibling, stopped)
         group = [c for c in group if c.spec.name in self._children]
         if not await self._back_off():
             return

@@ -137,6 +137,26 @@ async def _tell_quietly(ref: ActorRef, message: Any) -> None:
         await ref.tell(message)
 
 
+async def _run_system(
+    guard: trio.CancelScope,
+    root_spec: SupervisorSpec,
+    *,
+    task_status: trio.TaskStatus[ActorSystem],
+) -> None:
+    """Run the timer, the root and the runtime's own tasks until ``guard`` is cancelled.
+
+    ``guard`` is shielded: when the embedding program cancels the ``async
+    with`` block, the actors must still be stopped in order, each within its
+    grace time, not all cancelled at once.
+    """
+    with guard:
+        async with trio.open_nursery() as nursery:
+            system = ActorSystem(nursery, root_spec)
+            await nursery.start(system.timer.run)
+            await nursery.start(system._run_root)
+            task_status.started(system)
+
+
 @asynccontextmanager
 async def open_system(
     *,
@@ -153,22 +173,26 @@ async def open_system(
     cancelled and :class:`~runtime.errors.SupervisorGaveUp` is raised here.
     An exception from the block propagates unchanged after the shutdown.
     """
+    root_spec = SupervisorSpec(strategy, max_restarts, within, backoff=backoff)
+    guard = trio.CancelScope(shield=True)
     try:
         async with trio.open_nursery() as nursery:
-            system = ActorSystem(
-                nursery, SupervisorSpec(strategy, max_restarts, within, backoff=backoff)
-            )
-            await nursery.start(system.timer.run)
-            await nursery.start(system._run_root)
+            system: ActorSystem = await nursery.start(_run_system, guard, root_spec)
             try:
                 yield system
             finally:
                 with trio.CancelScope(shield=True):
                     system._root.request_stop()
                     await system._root.run_done.wait()
-                nursery.cancel_scope.cancel()
+                guard.cancel()
     except BaseExceptionGroup as group:
         error = collapse(group)
         if error is group:
             raise
-        raise error from None
+        # Re-raising here would chain the error to the nursery's group, and
+        # ``from None`` would erase its own cause; keep what it had instead.
+        context = error.__context__
+        try:
+            raise error
+        finally:
+            error.__context__ = context

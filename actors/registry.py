@@ -357,7 +357,9 @@ class JobRegistry(Actor):
         final = StatusEvent(status, error, finish_reason, usage, job.last_seq)
         watched = False
         for follower in running.followers:
-            watched = watched or _offer(follower, [final])
+            # Offer to every follower: short-circuiting would leave the rest without the status.
+            delivered = _offer(follower, [final])
+            watched = watched or delivered
             follower.close()
         if running.stream is not None:
             self.context.unwatch(running.stream)

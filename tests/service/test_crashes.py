@@ -1,0 +1,226 @@
+"""Crashing each actor mid-job: it restarts, running jobs go on, nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from actors import (
+    ChatRequest,
+    DeltaEvent,
+    JobEvent,
+    JobStatus,
+    JobView,
+    Notification,
+    Owner,
+    Service,
+    ServiceConfig,
+    StatusEvent,
+    open_service,
+)
+from actors.model import NotificationType
+from actors.upstream import SimulatedUpstream, TextDelta, UpstreamEvent, UpstreamRequest
+
+ALICE = Owner("alice", "ws-1")
+PROMPT = "please survive a crash"
+
+
+@pytest.fixture
+def autojump_clock() -> MockClock:
+    return MockClock(autojump_threshold=0)
+
+
+def chat(message_id: str, thread_id: str = "thread-1") -> ChatRequest:
+    return ChatRequest(
+        model="m",
+        messages=[{"role": "user", "content": PROMPT}],
+        thread_id=thread_id,
+        message_id=message_id,
+    )
+
+
+async def expected_answer() -> str:
+    """The simulated model's whole answer to PROMPT, straight from the model."""
+    pieces: list[str] = []
+
+    async def keep(event: UpstreamEvent) -> None:
+        if isinstance(event, TextDelta):
+            pieces.append(event.content)
+
+    request = UpstreamRequest("m", [{"role": "user", "content": PROMPT}])
+    await SimulatedUpstream(math.inf).stream(request, keep)
+    return "".join(pieces)
+
+
+def config(tmp_path: Path) -> ServiceConfig:
+    return ServiceConfig(store="memory", data_dir=tmp_path, retention=3600.0, sweep_interval=1.0)
+
+
+async def wait_until_view(
+    service: Service, job_id: str, done: bool = False, min_seq: int = 0
+) -> JobView:
+    with trio.fail_after(120):
+        while True:
+            view = await service.get_job(ALICE, job_id)
+            assert view is not None
+            if (view.status.is_terminal or not done) and view.last_seq >= min_seq:
+                return view
+            await trio.sleep(0.01)
+
+
+async def crash(service: Service, path: str) -> None:
+    """Crash the actor at ``path``: none of them handles a bare ``object()``."""
+    ref = service.system.lookup(path)
+    assert ref is not None, path
+    await ref.tell(object())
+    await trio.sleep(0.01)
+
+
+def restarts(service: Service, path: str) -> int:
+    node = service.snapshot().find(path)
+    assert node is not None, path
+    return node.restarts
+
+
+async def notifications_by_job(service: Service) -> dict[str, list[Notification]]:
+    found: dict[str, list[Notification]] = {}
+    for note in await service.list_notifications(ALICE):
+        found.setdefault(note.job_id, []).append(note)
+    return found
+
+
+@pytest.mark.parametrize(
+    "path", ["service/registry", "service/notifier", "service/sweeper", "service/store"]
+)
+async def test_a_crashed_actor_restarts_and_running_jobs_complete(
+    autojump_clock: MockClock, tmp_path: Path, path: str
+) -> None:
+    answer = await expected_answer()
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        before = await service.start_job(ALICE, chat("before"))
+        before_view = await wait_until_view(service, before.id, done=True)
+        assert before_view.content == answer
+        notified_before = await service.list_notifications(ALICE)
+        assert [n.job_id for n in notified_before] == [before.id]
+
+        running = [await service.start_job(ALICE, chat(f"run-{i}")) for i in range(3)]
+        await wait_until_view(service, running[0].id, min_seq=10)
+
+        await crash(service, path)
+        assert restarts(service, path) == 1
+        assert await service.ready()
+
+        for job in running:
+            view = await wait_until_view(service, job.id, done=True)
+            assert view.status is JobStatus.COMPLETE
+            assert view.content == answer
+            assert view.chunks_received == view.last_seq
+
+        after = await service.start_job(ALICE, chat("after"))
+        after_view = await wait_until_view(service, after.id, done=True)
+        assert after_view.status is JobStatus.COMPLETE
+        assert after_view.content == answer
+
+        still_there = await service.get_job(ALICE, before.id)
+        assert still_there == before_view
+        by_job = await notifications_by_job(service)
+        assert by_job[before.id] == notified_before
+        expected_jobs = {before.id, after.id, *(job.id for job in running)}
+        assert set(by_job) == expected_jobs
+        assert all(len(notes) == 1 for notes in by_job.values())
+        assert restarts(service, path) == 1
+
+
+async def test_a_crashed_stream_ends_its_job_as_error_and_keeps_the_partial_content(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    answer = await expected_answer()
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        victim = await service.start_job(ALICE, chat("victim"))
+        bystander = await service.start_job(ALICE, chat("bystander"))
+        await wait_until_view(service, victim.id, min_seq=10)
+
+        await crash(service, f"service/streams/{victim.id}")
+        view = await wait_until_view(service, victim.id, done=True)
+        assert view.status is JobStatus.ERROR
+        assert view.error is not None and "stream stopped" in view.error
+        assert len(view.content) > 0
+        assert view.last_seq >= 10
+        assert answer.startswith(view.content)
+        assert view.chunks_received == view.last_seq
+        # Temporary: a crashed stream is not restarted, its job is over.
+        assert service.system.lookup(f"service/streams/{victim.id}") is None
+        streams = service.snapshot().find("service/streams")
+        assert streams is not None and streams.restarts == 0
+
+        other = await wait_until_view(service, bystander.id, done=True)
+        assert other.status is JobStatus.COMPLETE
+        assert other.content == answer
+
+        after = await service.start_job(ALICE, chat("after"))
+        after_view = await wait_until_view(service, after.id, done=True)
+        assert after_view.status is JobStatus.COMPLETE
+
+        by_job = await notifications_by_job(service)
+        assert [n.type for n in by_job[victim.id]] == [NotificationType.ERROR]
+        assert by_job[victim.id][0].body == f"Failed: {view.error}"
+        assert [n.type for n in by_job[bystander.id]] == [NotificationType.COMPLETE]
+
+
+async def test_a_follower_sees_every_delta_once_across_a_registry_crash(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    answer = await expected_answer()
+    events: list[JobEvent] = []
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        job = await service.start_job(ALICE, chat("followed"))
+        follower = service.follow(ALICE, job.id)
+
+        async def follow() -> None:
+            async for event in follower:
+                events.append(event)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            await wait_until_view(service, job.id, min_seq=10)
+            await crash(service, "service/registry")
+
+        view = await wait_until_view(service, job.id, done=True)
+
+    assert follower.resubscriptions >= 1
+    deltas = [e for e in events if isinstance(e, DeltaEvent)]
+    assert [d.seq for d in deltas] == list(range(1, view.last_seq + 1))
+    assert "".join(d.content for d in deltas) == answer == view.content
+    assert isinstance(events[-1], StatusEvent)
+    assert events[-1].status is JobStatus.COMPLETE
+
+
+async def test_a_notification_follower_carries_on_across_a_notifier_crash(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    received: list[Notification] = []
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        follower = service.follow_notifications(ALICE)
+
+        async def listen() -> None:
+            async for note in follower:
+                received.append(note)
+                if len(received) == 2:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listen)
+            await trio.sleep(0.01)
+            first = await service.start_job(ALICE, chat("first"))
+            await wait_until_view(service, first.id, done=True)
+            await crash(service, "service/notifier")
+            assert restarts(service, "service/notifier") == 1
+            second = await service.start_job(ALICE, chat("second"))
+            await wait_until_view(service, second.id, done=True)
+        await follower.aclose()
+
+    assert [n.job_id for n in received] == [first.id, second.id]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from types import TracebackType
-from typing import Self
+from typing import Generic, Self, TypeVar
 
 import trio
 
@@ -25,8 +25,47 @@ from runtime import ActorRef
 
 __all__ = ["JobFollower", "NotificationFollower"]
 
+T = TypeVar("T")
 
-class JobFollower:
+
+class _Follower(Generic[T]):
+    """What both followers share: a live channel from an actor, and closing it.
+
+    Closing drops our end of the channel; the actor lets go of its end the
+    next time it has something to send.
+    """
+
+    def __init__(self) -> None:
+        self._live: trio.MemoryReceiveChannel[T] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    def close(self) -> None:
+        """Stop following; iteration ends."""
+        self._closed = True
+        if self._live is not None:
+            self._live.close()
+            self._live = None
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class JobFollower(_Follower[JobEvent]):
     """``async for event in follower`` yields a snapshot, deltas, then the status.
 
     Close it with :meth:`aclose` (or use ``async with``) when stopping early.
@@ -41,24 +80,20 @@ class JobFollower:
         job_id: str,
         after_seq: int | None,
     ) -> None:
+        super().__init__()
         self._registry = registry
         self._store = store
         self._owner = owner
         self._job_id = job_id
         self.last_seq = after_seq or 0
         self._snapshot_sent = False
-        self._done = False
         self._replay: deque[DeltaEvent] = deque()
         self._replay_until = 0
-        self._live: trio.MemoryReceiveChannel[JobEvent] | None = None
         self._final: StatusEvent | None = None
         self.resubscriptions = 0
 
-    def __aiter__(self) -> Self:
-        return self
-
     async def __anext__(self) -> JobEvent:
-        while not self._done:
+        while not self._closed:
             if self._live is None and self._final is None:
                 subscription = await self._subscribe()
                 if not self._snapshot_sent:
@@ -73,7 +108,7 @@ class JobFollower:
                 await self._load_replay()
                 continue
             if self._final is not None:
-                self._done = True
+                self._closed = True
                 return self._final
             assert self._live is not None
             try:
@@ -87,7 +122,7 @@ class JobFollower:
                     self.last_seq = live.seq
                     return live
             elif isinstance(live, StatusEvent):
-                self._done = True
+                self._closed = True
                 return live
         raise StopAsyncIteration
 
@@ -114,30 +149,8 @@ class JobFollower:
         if not self._replay:  # the store has nothing more (deleted meanwhile)
             self._replay_until = self.last_seq
 
-    def close(self) -> None:
-        """Stop following; the registry lets go at its next event for this job."""
-        self._done = True
-        if self._live is not None:
-            self._live.close()
-            self._live = None
 
-    async def aclose(self) -> None:
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class NotificationFollower:
+class NotificationFollower(_Follower[Notification]):
     """``async for notification in follower`` yields the owner's new notifications, live.
 
     If it falls behind or the notifier restarts it subscribes again; what it
@@ -145,13 +158,9 @@ class NotificationFollower:
     """
 
     def __init__(self, notifier: ActorRef, owner: Owner) -> None:
+        super().__init__()
         self._notifier = notifier
         self._owner = owner
-        self._live: trio.MemoryReceiveChannel[Notification] | None = None
-        self._closed = False
-
-    def __aiter__(self) -> Self:
-        return self
 
     async def __anext__(self) -> Notification:
         while not self._closed:
@@ -165,25 +174,3 @@ class NotificationFollower:
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 self._live = None
         raise StopAsyncIteration
-
-    def close(self) -> None:
-        """Stop following; the notifier lets go at the next notification."""
-        self._closed = True
-        if self._live is not None:
-            self._live.close()
-            self._live = None
-
-    async def aclose(self) -> None:
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

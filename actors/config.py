@@ -133,10 +133,15 @@ def _secret_not_blank(_instance: Any, attribute: attrs.Attribute[Any], value: st
         raise _InvalidValue(attribute.name, "must not be empty when set")
 
 
-def _secret_field() -> Any:
-    return attrs.field(
-        default=None, repr=False, validator=_secret_not_blank, metadata={_SECRET: True}
-    )
+def _secret_field(validator: Any = _secret_not_blank) -> Any:
+    return attrs.field(default=None, repr=False, validator=validator, metadata={_SECRET: True})
+
+
+def _strong_key(_instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    # HS256 keys shorter than the hash are brute-forceable (RFC 7518, section 3.2).
+    _secret_not_blank(_instance, attribute, value)
+    if value is not None and len(value.encode()) < 32:
+        raise _InvalidValue(attribute.name, "must be at least 32 bytes long")
 
 
 @attrs.frozen(kw_only=True)
@@ -190,7 +195,7 @@ class ServiceConfig:
     """Address the HTTP server binds."""
     port: int = attrs.field(default=8000, validator=_between(0, 65535))
     """Port the HTTP server binds; 0 lets the OS choose."""
-    jwt_secret: str | None = _secret_field()
+    jwt_secret: str | None = _secret_field(_strong_key)
     """Key that signs and checks session tokens; ``None`` leaves it to the server to
     generate one and keep it in ``data_dir``. Never shown."""
     max_body_bytes: int = attrs.field(default=1_048_576, validator=_at_least(1))

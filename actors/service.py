@@ -60,6 +60,7 @@ from actors.sweeper import Sweeper
 from actors.upstream import OpenAICompatibleUpstream, SimulatedUpstream, Upstream
 from runtime import (
     ActorSnapshot,
+    ActorStopped,
     ActorSystem,
     ChildSpec,
     Strategy,
@@ -269,7 +270,10 @@ async def open_service(
                 yield service
             finally:
                 with trio.CancelScope(shield=True):
-                    await service.drain(config.drain_timeout)
+                    try:
+                        await service.drain(config.drain_timeout)
+                    except ActorStopped:
+                        log.warning("the service stopped before it could drain its jobs")
     finally:
         with trio.CancelScope(shield=True):
             if own_upstream:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from actors.config import ConfigError, ServiceConfig, env_var_name, load_config
 
 API_KEY = "sk-or-v1-very-secret-key"
-JWT_SECRET = "jwt-signing-secret-value"
+JWT_SECRET = "jwt-signing-secret-value-of-32-bytes-at-least"
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:
@@ -424,3 +424,10 @@ def test_valid_values_round_trip_through_environment(
     }
 
     assert load_config(env=env) == expected
+
+
+def test_a_short_jwt_secret_is_refused_without_being_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"TROUPE_JWT_SECRET": "too-short-secret"})
+    assert "at least 32 bytes" in str(caught.value)
+    assert "too-short-secret" not in str(caught.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import orjson
@@ -63,6 +64,8 @@ log = structlog.get_logger("troupe.http")
 USER_KEY_HEADER = "x-upstream-api-key"
 SEED_NOT_FOUND = "Job not found or unauthorized"
 SEED_NOT_ABORTED = "Job not found, unauthorized, or already complete"
+# Bound on the shielded last send of a response (see _RequestContext).
+_LAST_SEND_TIMEOUT = 5.0
 
 
 class ShutdownSignal:
@@ -114,6 +117,16 @@ class _RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Hypercorn ends the connection's keep-alive cycle (or closes it, once
+                # shutting down) inside this last send. sse-starlette cancels its task
+                # group as soon as that send wakes its disconnect listener, which would cut
+                # the close short and leave the connection open for the whole grace time.
+                with trio.CancelScope(
+                    deadline=trio.current_time() + _LAST_SEND_TIMEOUT, shield=True
+                ):
+                    await send(message)
+                return
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):
@@ -154,12 +167,15 @@ def build_app(
         if declared is not None and declared.isdigit() and int(declared) > max_body:
             raise ApiError(413, "payload_too_large", f"the body may be at most {max_body} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body:
-                raise ApiError(
-                    413, "payload_too_large", f"the body may be at most {max_body} bytes"
-                )
+        # Closed explicitly: a generator left to the garbage collector after an early
+        # exit is finalized outside this request, with a warning.
+        async with aclosing(request.stream()) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > max_body:
+                    raise ApiError(
+                        413, "payload_too_large", f"the body may be at most {max_body} bytes"
+                    )
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as error:
@@ -203,6 +219,11 @@ def build_app(
         return JSONResponse(
             job_json(view), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
         )
+
+    async def jobs(request: Request) -> Response:
+        if request.method == "POST":
+            return await create_job(request)
+        return await list_jobs(request)
 
     async def get_job(request: Request) -> Response:
         who = principal(request)
@@ -384,8 +405,8 @@ def build_app(
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     routes = [
-        Route("/v1/jobs", create_job, methods=["POST"]),
-        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        # One route per path, so that a 405 lists every allowed method in ``Allow``.
+        Route("/v1/jobs", jobs, methods=["GET", "POST"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/abort", abort_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),

@@ -32,15 +32,20 @@ async def serve(
     *,
     stop: trio.Event | None = None,
     on_ready: Callable[[list[str], TokenAuthority], None] | None = None,
+    keepalive: float = 15.0,
 ) -> None:
     """Serve until ``stop`` is set, or until SIGINT/SIGTERM when ``stop`` is None.
 
     ``on_ready(addresses, tokens)`` is called once the server listens.
+    ``keepalive`` is the interval, in seconds, of the comment lines that keep
+    idle event streams open through proxies.
     """
     tokens = TokenAuthority(load_secret(config))
     async with open_service(config) as service:
         adapter: ActorRef = await service.system.spawn(
-            functools.partial(HttpAdapter, service, tokens, config.host, config.port),
+            functools.partial(
+                HttpAdapter, service, tokens, config.host, config.port, keepalive=keepalive
+            ),
             name="http",
         )
         addresses: list[str] = await adapter.ask(GetAddresses())

@@ -10,6 +10,7 @@ replays from the store what it missed, so the caller sees every delta once.
 
 from __future__ import annotations
 
+import abc
 from collections import deque
 from types import TracebackType
 from typing import Generic, Self, TypeVar
@@ -23,12 +24,12 @@ from actors.model import Notification, Owner
 from actors.stores import Store
 from runtime import ActorRef
 
-__all__ = ["JobFollower", "NotificationFollower"]
+__all__ = ["Follower", "JobFollower", "NotificationFollower"]
 
 T = TypeVar("T")
 
 
-class _Follower(Generic[T]):
+class Follower(abc.ABC, Generic[T]):
     """What both followers share: a live channel from an actor, and closing it.
 
     Closing drops our end of the channel; the actor lets go of its end the
@@ -41,6 +42,10 @@ class _Follower(Generic[T]):
 
     def __aiter__(self) -> Self:
         return self
+
+    @abc.abstractmethod
+    async def __anext__(self) -> T:
+        """The next item; raises StopAsyncIteration once closed or finished."""
 
     def close(self) -> None:
         """Stop following; iteration ends."""
@@ -65,7 +70,7 @@ class _Follower(Generic[T]):
         await self.aclose()
 
 
-class JobFollower(_Follower[JobEvent]):
+class JobFollower(Follower[JobEvent]):
     """``async for event in follower`` yields a snapshot, deltas, then the status.
 
     Close it with :meth:`aclose` (or use ``async with``) when stopping early.
@@ -150,7 +155,7 @@ class JobFollower(_Follower[JobEvent]):
             self._replay_until = self.last_seq
 
 
-class NotificationFollower(_Follower[Notification]):
+class NotificationFollower(Follower[Notification]):
     """``async for notification in follower`` yields the owner's new notifications, live.
 
     If it falls behind or the notifier restarts it subscribes again; what it

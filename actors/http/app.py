@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 import structlog
@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.api import ChatRequest, DeltaEvent, JobEvent, SnapshotEvent, StatusEvent
 from actors.errors import JobNotFound, ServerBusy, TooManyJobs, UserKeyNotAllowed
-from actors.following import JobFollower, NotificationFollower
+from actors.following import Follower, JobFollower, NotificationFollower
 from actors.http.auth import AuthError, Principal, TokenAuthority
 from actors.http.errors import (
     ApiError,
@@ -53,7 +53,7 @@ from actors.http.schemas import (
     status_json,
     structure_body,
 )
-from actors.model import JobStatus
+from actors.model import JobStatus, Notification
 from actors.service import Service
 from runtime import codec
 
@@ -62,6 +62,8 @@ __all__ = ["ShutdownSignal", "build_app"]
 log = structlog.get_logger("troupe.http")
 
 USER_KEY_HEADER = "x-upstream-api-key"
+E = TypeVar("E")
+
 SEED_NOT_FOUND = "Job not found or unauthorized"
 SEED_NOT_ABORTED = "Job not found, unauthorized, or already complete"
 # Bound on the shielded last send of a response (see _RequestContext).
@@ -263,7 +265,7 @@ def build_app(
             raise ApiError(404, "not_found", "no such job")
         follower = service.follow(who.owner, job_id, after)
         return EventSourceResponse(
-            _JobEventStream(follower, shutdown),
+            _job_stream(follower, shutdown),
             ping=keepalive,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -297,7 +299,7 @@ def build_app(
         who = principal(request)
         follower = service.follow_notifications(who.owner)
         return EventSourceResponse(
-            _NotificationStream(follower, shutdown),
+            _notification_stream(follower, shutdown),
             ping=keepalive,
             headers={"Cache-Control": "no-store"},
         )
@@ -382,7 +384,7 @@ def build_app(
         if background:
             return JSONResponse({"jobId": job.id, "status": "streaming"})
         return EventSourceResponse(
-            _ForegroundStream(service.follow(who.owner, job.id), shutdown, model),
+            _foreground_stream(service.follow(who.owner, job.id), shutdown, model),
             ping=keepalive,
             headers={"X-Job-Id": job.id, "Cache-Control": "no-store"},
         )
@@ -469,50 +471,67 @@ def _resume_point(request: Request) -> int | None:
     return int(raw)
 
 
-class _JobEventStream:
-    """A job's events as SSE: ``snapshot``, ``delta`` (``id:`` = seq), ``status``.
+class _SseStream(Generic[E]):
+    """A follower's events rendered as SSE, until it ends or the server shuts down.
 
-    Ends after the status, or with a ``shutdown`` event when the server stops.
-    A client disconnect only closes the follower; the job goes on.
+    ``render`` may return None to skip an event. On shutdown the stream ends
+    with ``farewell()``. A client disconnect only closes the follower: the
+    job goes on.
     """
 
-    def __init__(self, follower: JobFollower, shutdown: ShutdownSignal) -> None:
+    def __init__(
+        self,
+        follower: Follower[E],
+        shutdown: ShutdownSignal,
+        render: Callable[[E], ServerSentEvent | None],
+        farewell: Callable[[], ServerSentEvent],
+    ) -> None:
         self._follower = follower
         self._shutdown = shutdown
+        self._render = render
+        self._farewell = farewell
         self._finished = False
 
-    def __aiter__(self) -> _JobEventStream:
+    def __aiter__(self) -> _SseStream[E]:
         return self
 
     async def __anext__(self) -> ServerSentEvent:
-        if self._finished:
-            raise StopAsyncIteration
-        try:
-            got, event = await self._shutdown.run_until_triggered(self._follower.__anext__)
-        except StopAsyncIteration:
-            self._finished = True
-            raise
-        except JobNotFound:
-            self._finished = True
-            return _sse("error", {"code": "not_found", "message": "no such job"})
-        except BaseException:
-            self._follower.close()
-            raise
-        if not got:
-            self._finished = True
-            self._follower.close()
-            return _sse(
-                "shutdown",
-                {
-                    "message": "server shutting down; resume with Last-Event-ID",
-                    "last_seq": self._follower.last_seq,
-                },
-            )
-        return _job_sse(event)
+        while not self._finished:
+            try:
+                got, event = await self._shutdown.run_until_triggered(self._follower.__anext__)
+            except (StopAsyncIteration, JobNotFound):
+                break  # JobNotFound: deleted by retention since the route checked it
+            except BaseException:
+                self._follower.close()
+                raise
+            if not got:
+                self._finished = True
+                self._follower.close()
+                return self._farewell()
+            rendered = self._render(event)
+            if rendered is not None:
+                return rendered
+        self._finished = True
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         self._follower.close()
         await trio.lowlevel.checkpoint()
+
+
+def _job_stream(follower: JobFollower, shutdown: ShutdownSignal) -> _SseStream[JobEvent]:
+    """``snapshot``, ``delta`` (``id:`` = seq) and ``status`` events."""
+
+    def farewell() -> ServerSentEvent:
+        return _sse(
+            "shutdown",
+            {
+                "message": "server shutting down; resume with Last-Event-ID",
+                "last_seq": follower.last_seq,
+            },
+        )
+
+    return _SseStream(follower, shutdown, _job_sse, farewell)
 
 
 def _job_sse(event: JobEvent) -> ServerSentEvent:
@@ -530,89 +549,50 @@ def _sse(event: str, data: Any) -> ServerSentEvent:
     return ServerSentEvent(data=orjson.dumps(data).decode(), event=event)
 
 
-class _NotificationStream:
-    def __init__(self, follower: NotificationFollower, shutdown: ShutdownSignal) -> None:
-        self._follower = follower
-        self._shutdown = shutdown
-        self._finished = False
-
-    def __aiter__(self) -> _NotificationStream:
-        return self
-
-    async def __anext__(self) -> ServerSentEvent:
-        if self._finished:
-            raise StopAsyncIteration
-        try:
-            got, notification = await self._shutdown.run_until_triggered(self._follower.__anext__)
-        except BaseException:
-            self._follower.close()
-            raise
-        if not got:
-            self._finished = True
-            self._follower.close()
-            return _sse("shutdown", {"message": "server shutting down"})
-        return _sse("notification", notification_json(notification))
-
-    async def aclose(self) -> None:
-        self._follower.close()
-        await trio.lowlevel.checkpoint()
+def _notification_stream(
+    follower: NotificationFollower, shutdown: ShutdownSignal
+) -> _SseStream[Notification]:
+    return _SseStream(
+        follower,
+        shutdown,
+        lambda notification: _sse("notification", notification_json(notification)),
+        lambda: _sse("shutdown", {"message": "server shutting down"}),
+    )
 
 
-class _ForegroundStream:
+def _foreground_stream(
+    follower: JobFollower, shutdown: ShutdownSignal, model: str
+) -> _SseStream[JobEvent]:
     """The seed's foreground path: the job's deltas as OpenAI chat-completion chunks.
 
     The job is recorded like any other, so a client that loses the stream can
     find it by the ``X-Job-Id`` header; a disconnect does not abort it.
     """
+    chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
 
-    def __init__(self, follower: JobFollower, shutdown: ShutdownSignal, model: str) -> None:
-        self._follower = follower
-        self._shutdown = shutdown
-        self._model = model
-        self._finished = False
-        self._chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
-
-    def __aiter__(self) -> _ForegroundStream:
-        return self
-
-    async def __anext__(self) -> ServerSentEvent:
-        while not self._finished:
-            try:
-                got, event = await self._shutdown.run_until_triggered(self._follower.__anext__)
-            except StopAsyncIteration:
-                break
-            except BaseException:
-                self._follower.close()
-                raise
-            if not got:
-                self._finished = True
-                self._follower.close()
-                return self._chunk({}, "error", error="server shutting down")
-            if isinstance(event, DeltaEvent):
-                delta = {"content": event.content}
-                if event.reasoning:
-                    delta["reasoning"] = event.reasoning
-                return self._chunk(delta, None)
-            if isinstance(event, StatusEvent):
-                self._finished = True
-                if event.status is JobStatus.COMPLETE:
-                    return ServerSentEvent(data="[DONE]")
-                return self._chunk({}, "error", error=event.error or event.status.value)
-        raise StopAsyncIteration
-
-    def _chunk(
-        self, delta: dict[str, Any], finish: str | None, error: str | None = None
-    ) -> ServerSentEvent:
-        chunk: dict[str, Any] = {
-            "id": self._chunk_id,
+    def chunk(delta: dict[str, Any], error: str | None = None) -> ServerSentEvent:
+        body: dict[str, Any] = {
+            "id": chunk_id,
             "object": "chat.completion.chunk",
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "model": model,
+            "choices": [
+                {"index": 0, "delta": delta, "finish_reason": None if error is None else "error"}
+            ],
         }
         if error is not None:
-            chunk["error"] = {"code": "job_failed", "message": error}
-        return ServerSentEvent(data=orjson.dumps(chunk).decode())
+            body["error"] = {"code": "job_failed", "message": error}
+        return ServerSentEvent(data=orjson.dumps(body).decode())
 
-    async def aclose(self) -> None:
-        self._follower.close()
-        await trio.lowlevel.checkpoint()
+    def render(event: JobEvent) -> ServerSentEvent | None:
+        if isinstance(event, DeltaEvent):
+            delta = {"content": event.content}
+            if event.reasoning:
+                delta["reasoning"] = event.reasoning
+            return chunk(delta)
+        if isinstance(event, StatusEvent):
+            if event.status is JobStatus.COMPLETE:
+                return ServerSentEvent(data="[DONE]")
+            return chunk({}, error=event.error or event.status.value)
+        return None
+
+    return _SseStream(follower, shutdown, render, lambda: chunk({}, "server shutting down"))

@@ -11,6 +11,7 @@ it and tells the watchers.
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import math
 from collections.abc import Awaitable, Callable
@@ -65,7 +66,8 @@ def collapse(error: BaseException) -> BaseException:
 
 
 class _StopSignal:
-    """Returned by :meth:`Cell.next_message` when a stop was requested while idle."""
+    """Put in an idle actor's mailbox to wake it for a stop; returned by
+    :meth:`Cell.next_message` when a stop is requested."""
 
 
 STOP = _StopSignal()
@@ -98,6 +100,7 @@ class Cell(abc.ABC):
         self._watchers: dict[int, ActorRef] = {}
         self._stop_reason: str | None = None
         self._stop_deadline = math.inf
+        self._idle = False
         self._idle_scope: trio.CancelScope | None = None
         self._kill_scope = trio.CancelScope()
 
@@ -150,6 +153,11 @@ class Cell(abc.ABC):
             self._kill_scope.deadline = self._stop_deadline
         if self.state in ("starting", "running"):
             self.state = "stopping"
+        if self._idle:
+            # An idle actor waits on an empty mailbox: wake it with STOP. No
+            # cancel scope per wait keeps the idle path (every ask) cheap.
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                self.send.send_nowait(STOP)
         if self._idle_scope is not None:
             self._idle_scope.cancel()
 
@@ -158,15 +166,18 @@ class Cell(abc.ABC):
         return self._stop_reason is not None
 
     async def next_message(self) -> Any:
-        """Wait for the next mailbox item, or return :data:`STOP` if a stop is requested."""
-        if self._stop_reason is not None:
-            return STOP
-        with trio.CancelScope() as scope:
-            self._idle_scope = scope
+        """Wait for the next mailbox item, or return :data:`STOP` if a stop is requested.
+
+        A STOP left in the mailbox by an earlier run is skipped.
+        """
+        while self._stop_reason is None:
+            self._idle = True
             try:
-                return await self.recv.receive()
+                item = await self.recv.receive()
             finally:
-                self._idle_scope = None
+                self._idle = False
+            if item is not STOP:
+                return item
         return STOP
 
     def on_stop_scope(self) -> trio.CancelScope:
@@ -268,7 +279,7 @@ class ActorCell(Cell):
                     self._tasks = None
             if self._kill_scope.cancelled_caught:
                 exit = Exit("killed", exit.error)
-            elif instance is not None:
+            elif instance is not None and type(instance).on_stop is not Actor.on_stop:
                 exit = await self._run_on_stop(instance, exit)
         finally:
             self._children = None
@@ -291,6 +302,8 @@ class ActorCell(Cell):
                 if item is STOP:
                     break
                 budget = _BATCH
+            if item is STOP:
+                continue
             if type(item) is Ask:
                 if item.done:  # its asker gave up; nobody wants the reply
                     continue

@@ -101,6 +101,8 @@ class SupervisorCell(Cell):
                 item = await self.next_message()
                 if item is STOP:
                     return
+            if item is STOP:
+                continue
             self.processed += 1
             if isinstance(item, ChildExited):
                 await self._on_child_exit(item)

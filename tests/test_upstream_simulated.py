@@ -21,11 +21,6 @@ from actors.upstream import (
 )
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 def ask(text: Any, **params: Any) -> UpstreamRequest:
     return UpstreamRequest(
         model="sim",

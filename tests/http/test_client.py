@@ -26,11 +26,6 @@ from actors.http.server import serve
 TOKENS_PER_SECOND = 100.0
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @attrs.frozen
 class RunningServer:
     base_url: str

@@ -12,11 +12,6 @@ import trio.testing
 from runtime import Actor, ActorStopped, MailboxFull, Restart, open_system
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @attrs.frozen
 class Work:
     label: Any

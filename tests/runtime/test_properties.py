@@ -17,7 +17,6 @@ import functools
 from typing import Any
 
 import attrs
-import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
@@ -44,11 +43,6 @@ PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.function_s
 ASK_TIMEOUT = 3600.0
 
 SUT = "sut"
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 # -- the harness itself ------------------------------------------------------

@@ -14,11 +14,6 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 HEADING = "## The runtime in 30 lines"
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 def readme_section() -> str:
     """The text under HEADING, up to the next heading of the same or a higher level."""
     lines = README.read_text(encoding="utf-8").splitlines(keepends=True)

@@ -13,11 +13,6 @@ import trio.testing
 from runtime import Actor, ActorCrashed, open_system
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @attrs.frozen
 class Inc:
     pass

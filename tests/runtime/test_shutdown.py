@@ -21,11 +21,6 @@ from runtime import (
 from runtime.testing import Probe
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @attrs.frozen
 class Hang:
     """Handled by sleeping forever."""

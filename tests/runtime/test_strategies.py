@@ -27,11 +27,6 @@ from runtime import (
 from runtime.system import ActorSystem
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @attrs.frozen
 class Boom:
     pass

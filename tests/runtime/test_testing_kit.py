@@ -11,11 +11,6 @@ from runtime import Actor, Terminated, open_system
 from runtime.testing import Probe, expect_terminated
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @attrs.frozen
 class Hello:
     text: str

@@ -13,11 +13,6 @@ from runtime import Actor, ActorCrashed, Restart, Terminated, open_system
 from runtime.testing import Probe, expect_terminated
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @attrs.frozen
 class Boom:
     pass

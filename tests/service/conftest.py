@@ -63,11 +63,6 @@ class OpenSimulatedService(Protocol):
 
 
 @pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
-@pytest.fixture
 def memory_config(tmp_path: Path) -> MemoryConfig:
     """``memory_config(**overrides)`` is a memory-store config; ``drain_timeout`` defaults to 0
     so that leaving a service with running jobs takes no time."""

@@ -29,11 +29,6 @@ ALICE = Owner("alice", "ws-1")
 PROMPT = "please survive a crash"
 
 
-@pytest.fixture
-def autojump_clock() -> MockClock:
-    return MockClock(autojump_threshold=0)
-
-
 def chat(message_id: str, thread_id: str = "thread-1") -> ChatRequest:
     return ChatRequest(
         model="m",

@@ -32,11 +32,6 @@ ALICE = Owner("alice", "ws-1")
 BOB = Owner("bob", "ws-1")
 
 
-@pytest.fixture
-def autojump_clock() -> MockClock:
-    return MockClock(autojump_threshold=0)
-
-
 def chat(thread_id: str = "thread-1", message_id: str = "msg-1") -> ChatRequest:
     return ChatRequest(
         model="m",

@@ -35,11 +35,6 @@ USER_KEY = "sk-or-user-secret-2b8e41"
 
 
 @pytest.fixture
-def autojump_clock() -> MockClock:
-    return MockClock(autojump_threshold=0)
-
-
-@pytest.fixture
 async def fake() -> AsyncIterator[FakeUpstream]:
     async with FakeUpstream.serve() as server:
         yield server

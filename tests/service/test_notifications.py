@@ -28,11 +28,6 @@ BOB = Owner("bob", "ws-1")
 ALICE_ELSEWHERE = Owner("alice", "ws-2")
 
 
-@pytest.fixture
-def autojump_clock() -> MockClock:
-    return MockClock(autojump_threshold=0)
-
-
 def chat(thread_id: str = "thread-1", message_id: str = "msg-1", **params: Any) -> ChatRequest:
     return ChatRequest(
         model="m",

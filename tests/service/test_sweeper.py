@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from trio.testing import MockClock
 
@@ -22,11 +21,6 @@ from actors.upstream import (
 )
 
 ALICE = Owner("alice", "ws-1")
-
-
-@pytest.fixture
-def autojump_clock() -> MockClock:
-    return MockClock(autojump_threshold=0)
 
 
 class NeverFinishingUpstream:

@@ -240,6 +240,10 @@ class Cell(abc.ABC):
     def child_snapshots(self) -> tuple[ActorSnapshot, ...]:
         return ()
 
+    def children_supervisor(self) -> ActorRef | None:
+        """The ref that starts and stops this cell's children, if it has any."""
+        return None
+
 
 class ActorCell(Cell):
     """A cell that runs :class:`Actor` instances built by ``spec.factory``."""
@@ -410,6 +414,9 @@ class ActorCell(Cell):
         if self._children is None:
             return ()
         return self._children.child_snapshots()
+
+    def children_supervisor(self) -> ActorRef | None:
+        return None if self._children is None else self._children.ref
 
 
 class _Started:

@@ -255,6 +255,9 @@ class SupervisorCell(Cell):
     def child_snapshots(self) -> tuple[ActorSnapshot, ...]:
         return tuple(cell.snapshot() for cell in self._children.values())
 
+    def children_supervisor(self) -> ActorRef | None:
+        return self.ref
+
 
 def _restarts(restart: Restart, exit: Exit) -> bool:
     if restart is Restart.PERMANENT:

@@ -81,10 +81,11 @@ class ActorSystem:
         path = ref.path
         parent_path, _, name = path.rpartition("/")
         parent = self._cells.get(parent_path) if parent_path else self._root
-        if parent is None or not isinstance(parent.ref, SupervisorRef):
+        supervisor = None if parent is None else parent.children_supervisor()
+        if supervisor is None:
             return False
         try:
-            stopped: bool = await parent.ref.ask(StopChild(name), timeout=None)
+            stopped: bool = await supervisor.ask(StopChild(name), timeout=None)
         except ActorStopped:
             return False
         return stopped

@@ -340,3 +340,17 @@ async def test_a_watch_survives_the_watchers_restart(
         await system.stop(target)
         terminated = await probe.expect(Terminated)
         assert terminated.ref == target
+
+
+async def test_system_stop_stops_a_spawned_child_through_its_parent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[str] = []
+    async with open_system() as system:
+        parent = await system.spawn(functools.partial(Parent, log), name="p")
+        c1, c2 = await parent.ask("children")
+        assert await system.stop(c1) is True
+        assert not c1.is_alive
+        assert system.lookup("p/c1") is None
+        assert await c2.ask("name?") == "c2"
+        assert await system.stop(c1) is False

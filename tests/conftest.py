@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import settings
 from trio.testing import MockClock
+
+# Examples run live actors and servers; their wall time depends on the
+# machine's load, so a per-example deadline would only make the suite flaky.
+settings.register_profile("troupe", deadline=None)
+settings.load_profile("troupe")
 
 
 @pytest.fixture

@@ -217,7 +217,8 @@ class SupervisorCell(Cell):
         now = trio.current_time()
         times = self._restart_times
         times.append(now)
-        while times and times[0] <= now - self.sup_spec.within:
+        # As OTP: a restart exactly ``within`` seconds old still counts.
+        while times and times[0] < now - self.sup_spec.within:
             times.popleft()
 
     def _restart_group(self, cell: Cell) -> list[Cell]:

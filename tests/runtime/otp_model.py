@@ -14,11 +14,9 @@ started, and whether the supervisor gave up. The rules are OTP's
   child; ``REST_FOR_ONE`` the exited child and the running children started
   after it. Temporary siblings stopped by such a restart are dropped.
 
-Two choices are the runtime's, where OTP leaves room or differs:
+A restart at ``t`` counts at ``now`` if ``now - within <= t``, as OTP's
+``add_restart`` keeps it. One choice is the runtime's, where OTP differs:
 
-* The intensity window is half open: a restart at ``t`` counts at ``now`` if
-  ``now - within < t <= now``. OTP keeps ``t >= now - within`` on a clock of
-  whole seconds, so only the exact boundary differs.
 * A ``TRANSIENT`` child that stopped normally stays stopped for the rest of the
   supervisor's run, even when a ``ONE_FOR_ALL`` or ``REST_FOR_ONE`` sibling
   restart follows. OTP keeps such a child in its list and starts it again with
@@ -78,7 +76,7 @@ class SupervisorModel:
         if not self._is_restarted(name, crashed=crashed):
             self.running.remove(name)
             return
-        self._restart_times = [t for t in self._restart_times if t > now - self.within]
+        self._restart_times = [t for t in self._restart_times if t >= now - self.within]
         self._restart_times.append(now)
         if len(self._restart_times) > self.max_restarts:
             self.gave_up = True

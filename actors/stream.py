@@ -30,11 +30,13 @@ from actors.upstream import (
     UpstreamEvent,
     UpstreamRequest,
 )
-from runtime import Actor, ActorRef, ActorStopped, MailboxFull
+from runtime import Actor, ActorCrashed, ActorRef, ActorStopped, MailboxFull
 
 __all__ = ["StreamActor"]
 
 log = structlog.get_logger("troupe.stream")
+
+_REPORT_ATTEMPTS = 3
 
 
 class StreamActor(Actor):
@@ -99,8 +101,24 @@ class StreamActor(Actor):
             )
         self._deltas_in.close()
         await self._written.wait()
-        await self._registry.tell(final)
+        await self._report(final)
         self.context.stop()
+
+    async def _report(self, final: StreamFinished | StreamFailed) -> None:
+        """Hand the outcome to the registry, again if the registry crashed on it.
+
+        After its restart the registry has the job from the store, still
+        running; a report for a job that is no longer running changes nothing.
+        """
+        for _attempt in range(_REPORT_ATTEMPTS):
+            try:
+                await self._registry.ask(final, timeout=None)
+                return
+            except ActorCrashed:
+                log.warning("the registry crashed on a final report", job_id=self._job_id)
+            except ActorStopped:
+                return
+        log.error("the registry never took the final report", job_id=self._job_id)
 
     async def _on_event(self, event: UpstreamEvent) -> None:
         if isinstance(event, TextDelta):

@@ -219,3 +219,33 @@ async def test_a_notification_follower_carries_on_across_a_notifier_crash(
         await follower.aclose()
 
     assert [n.job_id for n in received] == [first.id, second.id]
+
+
+async def test_a_registry_crash_on_the_final_report_still_completes_the_job(
+    autojump_clock: MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream hands its outcome to the restarted registry again, so the job
+    does not stay streaming until the sweeper times it out."""
+    from actors.stores import MemoryStore
+
+    real_update = MemoryStore.update_job
+    failures: list[JobStatus] = []
+
+    async def update_failing_once(self: MemoryStore, job: object) -> bool:
+        assert hasattr(job, "status")
+        if job.status is JobStatus.COMPLETE and not failures:
+            failures.append(job.status)
+            raise RuntimeError("store hiccup while completing")
+        return await real_update(self, job)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MemoryStore, "update_job", update_failing_once)
+    answer = await expected_answer()
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(50)) as service:
+        job = await service.start_job(ALICE, chat("final-report"))
+        view = await wait_until_view(service, job.id, done=True)
+        assert failures == [JobStatus.COMPLETE]
+        assert restarts(service, "service/registry") == 1
+        assert view.status is JobStatus.COMPLETE
+        assert view.content == answer
+        notes = await notifications_by_job(service)
+        assert len(notes[job.id]) == 1

@@ -32,6 +32,9 @@ import attrs
 from cattrs import Converter
 from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 
+from runtime import codec
+from runtime.codec import WrongType
+
 __all__ = [
     "ENV_PREFIX",
     "ConfigError",
@@ -316,59 +319,23 @@ def _is_literal(type_: Any) -> bool:
     return origin is Literal
 
 
-class _WrongType(ValueError):
-    """Raised by the structuring hooks; formatted into a message by :func:`_build`."""
-
-    def __init__(self, expected: str, value: Any) -> None:
-        super().__init__(f"expected {expected}")
-        self.expected = expected
-        self.value = value
-
-
-def _structure_int(value: Any, _type: Any) -> int:
-    # bool is an int subclass; `port = true` is a mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _WrongType("an integer", value)
-    return value
-
-
-def _structure_float(value: Any, _type: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _WrongType("a number", value)
-    return float(value)
-
-
-def _structure_bool(value: Any, _type: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _WrongType("true or false", value)
-    return value
-
-
-def _structure_str(value: Any, _type: Any) -> str:
-    if not isinstance(value, str):
-        raise _WrongType("a string", value)
-    return value
-
-
 def _structure_path(value: Any, _type: Any) -> Path:
     if not isinstance(value, str | os.PathLike):
-        raise _WrongType("a path string", value)
+        raise WrongType("a path string", value)
     return Path(value)
 
 
 def _structure_choice(value: Any, _type: Any) -> str:
     # Membership is the field validator's job, so its message lists the valid names.
     if not isinstance(value, str):
-        raise _WrongType("a string", value)
+        raise WrongType("a string", value)
     return value.lower()
 
 
 def _make_converter() -> Converter:
-    converter = Converter(forbid_extra_keys=True)
-    converter.register_structure_hook(int, _structure_int)
-    converter.register_structure_hook(float, _structure_float)
-    converter.register_structure_hook(bool, _structure_bool)
-    converter.register_structure_hook(str, _structure_str)
+    # The codec's strict scalars (no ``str(1)``, no ``bool("no")``), plus paths and
+    # case-insensitive choices.
+    converter = codec.converter.copy()
     converter.register_structure_hook(Path, _structure_path)
     converter.register_structure_hook_func(_is_literal, _structure_choice)
     return converter
@@ -421,7 +388,7 @@ def _describe(
     if field_name is None:
         return str(error), None
     label = labels.get(field_name, field_name)
-    if isinstance(error, _WrongType):
+    if isinstance(error, WrongType):
         shown = (
             f"a value of type {type(error.value).__name__}"
             if field_name in _SECRET_FIELDS

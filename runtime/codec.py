@@ -19,6 +19,7 @@ from cattrs.strategies import configure_tagged_union
 __all__ = [
     "ClassValidationError",
     "ForbiddenExtraKeysError",
+    "WrongType",
     "converter",
     "dumps",
     "loads",
@@ -32,29 +33,38 @@ T = TypeVar("T")
 converter: OrjsonConverter = make_converter(forbid_extra_keys=True)
 
 
+class WrongType(TypeError):
+    """A value of another JSON type than the field declares; ``value`` is what came."""
+
+    def __init__(self, expected: str, value: Any) -> None:
+        super().__init__(f"expected {expected}, got {type(value).__name__}")
+        self.expected = expected
+        self.value = value
+
+
 # cattrs converts scalars leniently (``str(1)``, ``bool("no")``); input from
 # outside must already have the declared type.
 def _structure_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
+        raise WrongType("a string", value)
     return value
 
 
 def _structure_bool(value: Any, _: type) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {type(value).__name__}")
+        raise WrongType("true or false", value)
     return value
 
 
 def _structure_int(value: Any, _: type) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {type(value).__name__}")
+        raise WrongType("an integer", value)
     return value
 
 
 def _structure_float(value: Any, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected a number, got {type(value).__name__}")
+        raise WrongType("a number", value)
     return float(value)
 
 

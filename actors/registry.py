@@ -20,7 +20,7 @@ import attrs
 import structlog
 import trio
 
-from actors.api import DeltaEvent, JobEvent, StatusEvent
+from actors.api import ChatRequest, DeltaEvent, JobEvent, StatusEvent
 from actors.dependencies import NOTIFIER, STREAMS, ServiceDependencies
 from actors.errors import ServerBusy, ServiceError, TooManyJobs
 from actors.messages import (
@@ -159,7 +159,7 @@ class JobRegistry(Actor):
 
     # -- the owner's requests ----------------------------------------------------
 
-    async def _create(self, owner: Owner, request: Any) -> Job | ServiceError:
+    async def _create(self, owner: Owner, request: ChatRequest) -> Job | ServiceError:
         # A refusal is returned as the reply, never raised: a handler that
         # raises crashes this actor, and the caller would get ActorCrashed.
         if self._draining:

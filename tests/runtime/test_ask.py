@@ -10,7 +10,6 @@ import trio
 import trio.testing
 
 from runtime import (
-    Actor,
     ActorCrashed,
     ActorStopped,
     AskTimeout,
@@ -19,6 +18,7 @@ from runtime import (
     SupervisorSpec,
     open_system,
 )
+from tests.runtime.kit import Boom, Hold, Quit, Worker, node_at, ref_at
 
 
 @attrs.frozen
@@ -28,19 +28,11 @@ class Add:
 
 
 @attrs.frozen
-class Boom:
-    pass
-
-
-@attrs.frozen
 class Slow:
+    """Handled by sleeping ``seconds``, then answering ``label``."""
+
     seconds: float
     label: str = "slow"
-
-
-@attrs.frozen
-class Hold:
-    """Handled by waiting for one release of the actor's gate."""
 
 
 @attrs.frozen
@@ -48,34 +40,22 @@ class Handled:
     """Ask: the labels of the Slow messages handled by this instance."""
 
 
-@attrs.frozen
-class Quit:
-    pass
+class Calculator(Worker):
+    """A Worker that also adds (Add) and takes its time (Slow)."""
 
-
-class Calculator(Actor):
     def __init__(self, gate: trio.Semaphore | None = None) -> None:
-        self.gate = gate
+        super().__init__(gate)
         self.handled: list[str] = []
 
     async def handle(self, message: Any) -> Any:
         if isinstance(message, Add):
             return message.a + message.b
-        if isinstance(message, Boom):
-            raise ValueError("boom")
         if isinstance(message, Slow):
             await trio.sleep(message.seconds)
             self.handled.append(message.label)
             return message.label
-        if isinstance(message, Hold):
-            assert self.gate is not None
-            await self.gate.acquire()
-            return "held"
         if isinstance(message, Handled):
             return list(self.handled)
-        if isinstance(message, Quit):
-            self.context.stop()
-            return "bye"
         return await super().handle(message)
 
 
@@ -104,8 +84,7 @@ async def test_a_raising_handler_fails_the_ask_at_once_and_the_actor_restarts(
         assert "Boom" in str(caught.value)
         # The supervisor restarted it; the same ref reaches the new instance.
         assert await ref.ask(Add(1, 1)) == 2
-        node = system.snapshot().find("calc")
-        assert node is not None
+        node = node_at(system, "calc")
         assert node.restarts == 1
         assert node.last_failure == "ValueError: boom"
 
@@ -178,8 +157,7 @@ async def test_an_ask_cancelled_by_its_caller_leaves_the_actor_working(
         # The next ask from the same task gets its own reply, not the late one.
         assert await ref.ask(Slow(0, "next"), timeout=None) == "next"
         assert await ref.ask(Handled()) == ["abandoned", "next"]
-        node = system.snapshot().find("calc")
-        assert node is not None
+        node = node_at(system, "calc")
         assert (node.state, node.restarts) == ("running", 0)
 
 
@@ -226,8 +204,7 @@ async def test_the_ask_being_handled_when_the_actor_is_killed_gets_actor_stopped
         sup = await system.spawn_supervisor(
             SupervisorSpec(children=[ChildSpec("calc", Calculator, shutdown=2)]), name="sup"
         )
-        ref = system.lookup("sup/calc")
-        assert ref is not None
+        ref = ref_at(system, "sup/calc")
         outcome: list[BaseException] = []
 
         async def asker() -> None:

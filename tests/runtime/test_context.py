@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import attrs
@@ -10,88 +9,66 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import (
-    Actor,
-    ActorCrashed,
-    ActorRef,
-    ActorStopped,
-    Restart,
-    Terminated,
-    open_system,
-)
+from runtime import ActorCrashed, ActorRef, ActorStopped, Restart, Terminated, open_system
 from runtime.testing import Probe
-
-
-@attrs.frozen
-class Boom:
-    pass
-
-
-@attrs.frozen
-class Quit:
-    pass
+from tests.runtime.kit import (
+    Boom,
+    Member,
+    Quit,
+    Watcher,
+    Worker,
+    crash,
+    node_at,
+    spawn_watched,
+)
 
 
 @attrs.frozen
 class WhoAmI:
-    pass
+    """Ask: the actor's own ref, its system and its path, from its context."""
 
 
 @attrs.frozen
 class TheContext:
-    pass
+    """Ask: the actor's context object itself."""
 
 
-class Leaf(Actor):
-    def __init__(self, name: str, log: list[str]) -> None:
-        self.name = name
-        self.log = log
-
-    async def on_start(self) -> None:
-        self.log.append(f"start:{self.name}")
-
-    async def on_stop(self, reason: str) -> None:
-        self.log.append(f"stop:{self.name}:{reason}")
-
+class Introspective(Worker):
     async def handle(self, message: Any) -> Any:
-        if isinstance(message, Boom):
-            raise ValueError("leaf boom")
         if isinstance(message, WhoAmI):
             return self.context.self, self.context.system, self.context.path
         if isinstance(message, TheContext):
             return self.context
-        return self.name
+        return await super().handle(message)
 
 
-class Parent(Actor):
-    """Spawns two children in on_start; ``Boom`` crashes it, ``Quit`` stops it."""
+class Parent(Member):
+    """A Member named "parent" that spawns Members "c1" and "c2" in on_start.
+
+    ``"children"`` asks for their refs.
+    """
 
     def __init__(self, log: list[str]) -> None:
-        self.log = log
+        super().__init__("parent", log)
         self.children: list[ActorRef] = []
 
     async def on_start(self) -> None:
-        self.log.append("start:parent")
+        await super().on_start()
         for name in ("c1", "c2"):
-            ref = await self.context.spawn(Leaf, name=name, args=(name, self.log))
+            ref = await self.context.spawn(Member, name=name, args=(name, self.log))
             self.children.append(ref)
 
-    async def on_stop(self, reason: str) -> None:
-        self.log.append(f"stop:parent:{reason}")
-
     async def handle(self, message: Any) -> Any:
-        if isinstance(message, Boom):
-            raise ValueError("parent boom")
-        if isinstance(message, Quit):
-            self.context.stop()
-        return list(self.children)
+        if message == "children":
+            return list(self.children)
+        return await super().handle(message)
 
 
 async def test_the_context_gives_the_actor_its_own_ref_system_and_path(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_system() as system:
-        ref = await system.spawn(Leaf, name="leaf", args=("leaf", []))
+        ref = await system.spawn(Introspective, name="leaf")
         me, its_system, path = await ref.ask(WhoAmI())
         assert me == ref
         assert its_system is system
@@ -100,7 +77,7 @@ async def test_the_context_gives_the_actor_its_own_ref_system_and_path(
 
 async def test_the_context_is_not_available_before_the_actor_starts() -> None:
     with pytest.raises(RuntimeError, match="context"):
-        _ = Leaf("early", []).context
+        _ = Worker().context
 
 
 async def test_spawned_children_live_under_the_parents_path(
@@ -108,14 +85,12 @@ async def test_spawned_children_live_under_the_parents_path(
 ) -> None:
     log: list[str] = []
     async with open_system() as system:
-        parent = await system.spawn(functools.partial(Parent, log), name="p")
+        parent = await system.spawn(Parent, name="p", args=(log,))
         c1, c2 = await parent.ask("children")
         assert (c1.path, c2.path) == ("p/c1", "p/c2")
         assert system.lookup("p/c1") == c1
         assert await c2.ask("name?") == "c2"
-        node = system.snapshot().find("p")
-        assert node is not None
-        assert [child.path for child in node.children] == ["p/c1", "p/c2"]
+        assert [child.path for child in node_at(system, "p").children] == ["p/c1", "p/c2"]
 
 
 async def test_spawned_children_stop_in_reverse_order_when_the_parent_stops(
@@ -124,9 +99,7 @@ async def test_spawned_children_stop_in_reverse_order_when_the_parent_stops(
     log: list[str] = []
     async with open_system() as system:
         probe = await Probe.spawn(system)
-        parent = await system.spawn(
-            functools.partial(Parent, log), name="p", restart=Restart.TEMPORARY
-        )
+        parent = await system.spawn(Parent, name="p", args=(log,), restart=Restart.TEMPORARY)
         c1, c2 = await parent.ask("children")
         await probe.watch(c1)
         await probe.watch(parent)
@@ -146,18 +119,20 @@ async def test_spawned_children_are_stopped_and_started_again_when_the_parent_re
 ) -> None:
     log: list[str] = []
     async with open_system() as system:
-        parent = await system.spawn(functools.partial(Parent, log), name="p")
+        parent = await system.spawn(Parent, name="p", args=(log,))
         old = await parent.ask("children")
         log.clear()
-        with pytest.raises(ActorCrashed):
-            await parent.ask(Boom())
+        await crash(parent)
         new = await parent.ask("children")
         assert log == [
             "stop:c2:shutdown",
             "stop:c1:shutdown",
             "stop:parent:crashed",
+            "init:parent",
             "start:parent",
+            "init:c1",
             "start:c1",
+            "init:c2",
             "start:c2",
         ]
         assert not any(ref.is_alive for ref in old)
@@ -170,25 +145,24 @@ async def test_a_crashing_spawned_child_is_restarted_without_its_parent(
 ) -> None:
     log: list[str] = []
     async with open_system() as system:
-        parent = await system.spawn(functools.partial(Parent, log), name="p")
+        parent = await system.spawn(Parent, name="p", args=(log,))
         c1, _ = await parent.ask("children")
         log.clear()
-        with pytest.raises(ActorCrashed):
-            await c1.ask(Boom())
+        await crash(c1)
         assert await c1.ask("name?") == "c1"
-        assert log == ["stop:c1:crashed", "start:c1"]
-        node = system.snapshot().find("p/c1")
-        assert node is not None
-        assert node.restarts == 1
-        parent_node = system.snapshot().find("p")
-        assert parent_node is not None
-        assert parent_node.restarts == 0
+        assert log == ["stop:c1:crashed", "init:c1", "start:c1"]
+        assert node_at(system, "p/c1").restarts == 1
+        assert node_at(system, "p").restarts == 0
 
 
-class Ticker(Actor):
-    """Runs a background task that ticks every second into a shared list."""
+class Ticker(Worker):
+    """Runs a background task that ticks every second into a shared list.
+
+    ``"ticks?"`` asks how many ticks there are.
+    """
 
     def __init__(self, ticks: list[int], ended: list[str]) -> None:
+        super().__init__()
         self.ticks = ticks
         self.ended = ended
 
@@ -204,11 +178,9 @@ class Ticker(Actor):
             self.ended.append("task ended")
 
     async def handle(self, message: Any) -> Any:
-        if isinstance(message, Boom):
-            raise ValueError("boom")
-        if isinstance(message, Quit):
-            self.context.stop()
-        return len(self.ticks)
+        if message == "ticks?":
+            return len(self.ticks)
+        return await super().handle(message)
 
 
 async def test_a_background_task_ends_when_its_actor_stops_or_restarts(
@@ -232,15 +204,10 @@ async def test_a_background_task_ends_when_its_actor_stops_or_restarts(
         assert len(ticks) == 5
 
 
-class FailingTask(Actor):
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-
-    async def on_start(self) -> None:
-        self.log.append("start")
-
-    async def on_stop(self, reason: str) -> None:
-        self.log.append(f"stop:{reason}")
+class FailingTask(Member):
+    """``"fail soon"`` starts a task that raises a second later; a number
+    makes the handler sleep that many seconds.
+    """
 
     async def fail_after(self, seconds: float) -> None:
         await trio.sleep(seconds)
@@ -259,7 +226,7 @@ async def test_a_raising_background_task_crashes_its_actor(
 ) -> None:
     log: list[str] = []
     async with open_system() as system:
-        ref = await system.spawn(functools.partial(FailingTask, log), name="f")
+        ref = await system.spawn(FailingTask, name="f", args=("f", log))
         assert await ref.ask("fail soon") == "started"
         # The ask being handled when the task fails is answered with the crash.
         with pytest.raises(ActorCrashed) as caught:
@@ -267,9 +234,8 @@ async def test_a_raising_background_task_crashes_its_actor(
         assert isinstance(caught.value.__cause__, RuntimeError)
         assert trio.current_time() == pytest.approx(1)
         assert await ref.ask(0) == "slept"
-        assert log == ["start", "stop:crashed", "start"]
-        node = system.snapshot().find("f")
-        assert node is not None
+        assert log == ["init:f", "start:f", "stop:f:crashed", "init:f", "start:f"]
+        node = node_at(system, "f")
         assert node.restarts == 1
         assert node.last_failure == "RuntimeError: background failure"
 
@@ -278,53 +244,26 @@ async def test_start_task_and_spawn_after_the_actor_stopped_raise(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_system() as system:
-        ref = await system.spawn(Leaf, name="leaf", args=("leaf", []))
+        ref = await system.spawn(Introspective, name="leaf")
         context = await ref.ask(TheContext())
         await system.stop(ref)
         with pytest.raises(RuntimeError, match="not running"):
             context.start_task(trio.sleep, 1)
         with pytest.raises(RuntimeError, match="not running"):
-            await context.spawn(Leaf, args=("late", []))
-
-
-class Stopper(Actor):
-    async def handle(self, message: Any) -> Any:
-        if message == "quit":
-            self.context.stop()
-            return "stopping after this reply"
-        return "ok"
+            await context.spawn(Worker)
 
 
 async def test_stop_ends_the_actor_after_the_current_message(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_system() as system:
-        probe = await Probe.spawn(system)
-        ref = await system.spawn(Stopper, name="s", restart=Restart.TEMPORARY)
-        await probe.watch(ref)
-        assert await ref.ask("quit") == "stopping after this reply"
+        probe, ref = await spawn_watched(system, Worker, "s", restart=Restart.TEMPORARY)
+        # The message that stops the actor still gets its reply.
+        assert await ref.ask(Quit()) == "bye"
         terminated = await probe.expect(Terminated)
         assert terminated.reason == "normal"
         with pytest.raises(ActorStopped):
             await ref.ask("anyone?")
-
-
-class RestartingWatcher(Actor):
-    """Watches its target on its first run only, then crashes on request."""
-
-    def __init__(self, target: ActorRef, probe: ActorRef) -> None:
-        self.target = target
-        self.probe = probe
-
-    async def on_start(self) -> None:
-        if self.context.restarts == 0:
-            self.context.watch(self.target)
-
-    async def handle(self, message: Any) -> Any:
-        if isinstance(message, Boom):
-            raise ValueError("watcher boom")
-        await self.probe.tell(message)
-        return None
 
 
 async def test_a_watch_survives_the_watchers_restart(
@@ -332,8 +271,9 @@ async def test_a_watch_survives_the_watchers_restart(
 ) -> None:
     async with open_system() as system:
         probe = await Probe.spawn(system)
-        target = await system.spawn(Stopper, name="target")
-        watcher = await system.spawn(RestartingWatcher, name="watcher", args=(target, probe.ref))
+        target = await system.spawn(Worker, name="target")
+        # Watcher watches on its first start only, so only the original watch can fire.
+        watcher = await system.spawn(Watcher, name="watcher", args=(probe.ref, target))
         await watcher.tell(Boom())
         await watcher.tell("after the restart")
         assert await probe.expect(str) == "after the restart"
@@ -347,7 +287,7 @@ async def test_system_stop_stops_a_spawned_child_through_its_parent(
 ) -> None:
     log: list[str] = []
     async with open_system() as system:
-        parent = await system.spawn(functools.partial(Parent, log), name="p")
+        parent = await system.spawn(Parent, name="p", args=(log,))
         c1, c2 = await parent.ask("children")
         assert await system.stop(c1) is True
         assert not c1.is_alive

@@ -10,16 +10,12 @@ import trio
 import trio.testing
 
 from runtime import Actor, ActorStopped, MailboxFull, Restart, open_system
+from tests.runtime.kit import Hold, node_at
 
 
 @attrs.frozen
 class Work:
-    label: Any
-
-
-@attrs.frozen
-class Hold:
-    """Handled by waiting for one release of the actor's gate."""
+    """Handled by sleeping one second."""
 
     label: Any
 
@@ -30,11 +26,13 @@ class Seen:
 
 
 class Recorder(Actor):
-    """Records what it handles; notes overlapping handlers, which must never happen."""
+    """Records the label of each Work and Hold it handles, in order.
+
+    It fails a handler that starts while another one runs, which must never happen.
+    """
 
     def __init__(self, gate: trio.Semaphore) -> None:
         self.gate = gate
-        self.events: list[str] = []
         self.labels: list[Any] = []
         self.busy = False
 
@@ -44,12 +42,10 @@ class Recorder(Actor):
         assert not self.busy, "two messages handled at once"
         self.busy = True
         try:
-            self.events.append(f"begin {message.label}")
             if isinstance(message, Hold):
                 await self.gate.acquire()
             else:
                 await trio.sleep(1)
-            self.events.append(f"end {message.label}")
             self.labels.append(message.label)
         finally:
             self.busy = False
@@ -100,8 +96,7 @@ async def test_mailbox_is_bounded_and_tell_nowait_raises_mailbox_full(
         await trio.sleep(1)  # the actor takes it and blocks on the gate
         for i in range(3):
             ref.tell_nowait(Work(i))
-        node = system.snapshot().find("rec")
-        assert node is not None
+        node = node_at(system, "rec")
         assert (node.mailbox_size, node.mailbox_capacity) == (3, 3)
         with pytest.raises(MailboxFull, match="rec"):
             ref.tell_nowait(Work("one too many"))
@@ -131,9 +126,7 @@ async def test_tell_waits_for_room_until_the_actor_takes_a_message(
             assert not sent.is_set(), "tell returned although the mailbox was full"
             gate.release()  # "first" ends and the actor takes "second": one free slot
             await sent.wait()
-            node = system.snapshot().find("rec")
-            assert node is not None
-            assert node.mailbox_size == 2  # "third" and "fourth"
+            assert node_at(system, "rec").mailbox_size == 2  # "third" and "fourth"
             gate.release()
             gate.release()
             gate.release()
@@ -158,6 +151,11 @@ async def test_tell_tell_nowait_and_ask_to_a_stopped_actor_raise_actor_stopped(
 
 
 class SelfStopper(Actor):
+    """Handles its one message by waiting for its gate, then stops itself.
+
+    It takes no second message: the mailbox never gets room again.
+    """
+
     def __init__(self, gate: trio.Semaphore) -> None:
         self.gate = gate
 

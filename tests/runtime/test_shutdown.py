@@ -18,7 +18,7 @@ from runtime import (
     Terminated,
     open_system,
 )
-from runtime.testing import Probe
+from tests.runtime.kit import Member, spawn_watched
 
 
 @attrs.frozen
@@ -26,16 +26,17 @@ class Hang:
     """Handled by sleeping forever."""
 
 
-class Logged(Actor):
-    """Logs its stops; its on_stop takes ``stop_time`` seconds (``inf``: forever)."""
+class Logged(Member):
+    """A Member whose on_stop takes ``stop_time`` seconds (``inf``: forever),
+    then logs ``stopped:<name>@<trio time>``, even when cut off.
+    """
 
     def __init__(self, name: str, log: list[str], stop_time: float = 0) -> None:
-        self.name = name
-        self.log = log
+        super().__init__(name, log)
         self.stop_time = stop_time
 
     async def on_stop(self, reason: str) -> None:
-        self.log.append(f"stop:{self.name}:{reason}")
+        await super().on_stop(reason)
         try:
             await trio.sleep(self.stop_time)
         finally:
@@ -44,7 +45,7 @@ class Logged(Actor):
     async def handle(self, message: Any) -> Any:
         if isinstance(message, Hang):
             await trio.sleep_forever()
-        return "ok"
+        return await super().handle(message)
 
 
 def logged(name: str, log: list[str], stop_time: float = 0, **options: Any) -> ChildSpec:
@@ -52,6 +53,7 @@ def logged(name: str, log: list[str], stop_time: float = 0, **options: Any) -> C
 
 
 def stops(log: list[str]) -> list[str]:
+    """The ``stop:`` lines of ``log``, in order."""
     return [line for line in log if line.startswith("stop:")]
 
 
@@ -65,7 +67,7 @@ async def test_leaving_open_system_stops_every_actor_in_reverse_start_order(
             SupervisorSpec(children=[logged("x", log), logged("y", log)]), name="sup"
         )
         await system.spawn(functools.partial(Logged, "z", log), name="z")
-        assert log == []
+        assert stops(log) == []
     assert stops(log) == [
         "stop:z:shutdown",
         "stop:y:shutdown",
@@ -122,6 +124,7 @@ async def test_each_child_gets_its_grace_time_for_on_stop_and_no_more(
             ),
             name="sup",
         )
+        log.clear()
         started = trio.current_time()
         assert await sup.stop_child("stuck")
         # The endless on_stop was cut off at the 2 s grace time.
@@ -145,6 +148,7 @@ async def test_shutdown_grace_applies_to_each_child_in_turn(
             await system.spawn(
                 functools.partial(Logged, name, log, float("inf")), name=name, shutdown=1.5
             )
+        log.clear()
     assert trio.current_time() - started == pytest.approx(4.5)
     assert log == [
         "stop:c:shutdown",
@@ -161,9 +165,9 @@ async def test_a_handler_that_outlives_the_grace_time_is_cancelled_and_reported_
 ) -> None:
     log: list[str] = []
     async with open_system() as system:
-        probe = await Probe.spawn(system)
-        ref = await system.spawn(functools.partial(Logged, "h", log), name="h", shutdown=2)
-        await probe.watch(ref)
+        probe, ref = await spawn_watched(
+            system, functools.partial(Logged, "h", log), "h", shutdown=2
+        )
         await ref.tell(Hang())
         await trio.sleep(1)
         started = trio.current_time()

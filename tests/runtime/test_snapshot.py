@@ -9,20 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import (
-    Actor,
-    ActorCrashed,
-    ActorSnapshot,
-    ChildSpec,
-    NameTaken,
-    SupervisorSpec,
-    open_system,
-)
-
-
-@attrs.frozen
-class Boom:
-    pass
+from runtime import ActorSnapshot, ChildSpec, NameTaken, SupervisorSpec, open_system
+from tests.runtime.kit import Hold, Worker, crash, node_at
 
 
 @attrs.frozen
@@ -30,33 +18,18 @@ class MyRestarts:
     """Ask: this actor's restart count, as the system snapshot shows it right now."""
 
 
-@attrs.frozen
-class Hold:
-    pass
-
-
-class Node(Actor):
-    def __init__(self, gate: trio.Semaphore | None = None) -> None:
-        self.gate = gate
-
+class KnowsItsRestarts(Worker):
     async def handle(self, message: Any) -> Any:
-        if isinstance(message, Boom):
-            raise ValueError("boom")
         if isinstance(message, MyRestarts):
-            node = self.context.system.snapshot().find(self.context.path)
-            assert node is not None
-            return node.restarts
-        if isinstance(message, Hold):
-            assert self.gate is not None
-            await self.gate.acquire()
-        return "ok"
+            return node_at(self.context.system, self.context.path).restarts
+        return await super().handle(message)
 
 
 def tree_spec() -> SupervisorSpec:
     return SupervisorSpec(
         children=[
-            ChildSpec("a", Node),
-            ChildSpec("sub", SupervisorSpec(children=[ChildSpec("x", Node, mailbox_size=7)])),
+            ChildSpec("a", Worker),
+            ChildSpec("sub", SupervisorSpec(children=[ChildSpec("x", Worker, mailbox_size=7)])),
         ]
     )
 
@@ -66,7 +39,7 @@ async def test_paths_are_hierarchical_and_lookup_finds_live_actors(
 ) -> None:
     async with open_system() as system:
         sup = await system.spawn_supervisor(tree_spec(), name="sup")
-        top = await system.spawn(Node, name="a")
+        top = await system.spawn(Worker, name="a")
         assert sup.path == "sup"
         assert top.path == "a"
         a, sub, x = (system.lookup(path) for path in ("sup/a", "sup/sub", "sup/sub/x"))
@@ -85,18 +58,18 @@ async def test_a_taken_name_raises_name_taken(
 ) -> None:
     async with open_system() as system:
         sup = await system.spawn_supervisor(tree_spec(), name="sup")
-        first = await system.spawn(Node, name="one")
+        first = await system.spawn(Worker, name="one")
         with pytest.raises(NameTaken, match="one"):
-            await system.spawn(Node, name="one")
+            await system.spawn(Worker, name="one")
         with pytest.raises(NameTaken, match="sup"):
             await system.spawn_supervisor(SupervisorSpec(), name="sup")
         with pytest.raises(NameTaken, match="sup/a"):
-            await sup.start_child(ChildSpec("a", Node))
+            await sup.start_child(ChildSpec("a", Worker))
         assert system.lookup("one") == first
         assert await first.ask("still me") == "ok"
         # Once stopped, the name is free again.
         await system.stop(first)
-        second = await system.spawn(Node, name="one")
+        second = await system.spawn(Worker, name="one")
         assert second != first
         assert second.is_alive
 
@@ -105,7 +78,7 @@ async def test_unnamed_actors_get_unique_paths(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_system() as system:
-        refs = [await system.spawn(Node) for _ in range(5)]
+        refs = [await system.spawn(Worker) for _ in range(5)]
         assert len({ref.path for ref in refs}) == 5
         assert all(system.lookup(ref.path) == ref for ref in refs)
 
@@ -116,7 +89,7 @@ async def test_snapshot_describes_every_node_of_the_live_tree(
     gate = trio.Semaphore(0)
     async with open_system() as system:
         await system.spawn_supervisor(tree_spec(), name="sup")
-        worker = await system.spawn(Node, name="w", args=(gate,), mailbox_size=10)
+        worker = await system.spawn(Worker, name="w", args=(gate,), mailbox_size=10)
         await worker.tell(Hold())
         await trio.sleep(1)  # it holds the gate; what comes next waits in its mailbox
         for _ in range(3):
@@ -161,8 +134,7 @@ async def test_snapshot_describes_every_node_of_the_live_tree(
         for _ in range(4):
             gate.release()
         assert await worker.ask("done?") == "ok"
-        w = system.snapshot().find("w")
-        assert w is not None
+        w = node_at(system, "w")
         assert (w.mailbox_size, w.processed) == (0, 5)
         assert root.find("nope") is None
 
@@ -171,13 +143,11 @@ async def test_a_restart_is_counted_before_the_restarted_actor_handles_a_message
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_system() as system:
-        ref = await system.spawn(Node, name="n")
+        ref = await system.spawn(KnowsItsRestarts, name="n")
         assert await ref.ask(MyRestarts()) == 0
-        with pytest.raises(ActorCrashed):
-            await ref.ask(Boom())
+        await crash(ref)
         assert await ref.ask(MyRestarts()) == 1
-        node = system.snapshot().find("n")
-        assert node is not None
+        node = node_at(system, "n")
         assert (node.restarts, node.last_failure) == (1, "ValueError: boom")
 
 

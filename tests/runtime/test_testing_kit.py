@@ -7,18 +7,14 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import Actor, Terminated, open_system
+from runtime import Terminated, open_system
 from runtime.testing import Probe, expect_terminated
+from tests.runtime.kit import Worker
 
 
 @attrs.frozen
 class Hello:
     text: str
-
-
-class Idle(Actor):
-    async def handle(self, message: object) -> None:
-        return None
 
 
 async def test_expect_returns_the_next_message_of_the_expected_type(
@@ -94,7 +90,7 @@ async def test_expect_terminated_returns_the_terminated_of_that_ref(
 ) -> None:
     async with open_system() as system:
         probe = await Probe.spawn(system)
-        ref = await system.spawn(Idle, name="idle")
+        ref = await system.spawn(Worker, name="idle")
 
         async def stop_later() -> None:
             await trio.sleep(1)
@@ -111,7 +107,7 @@ async def test_expect_terminated_fails_while_the_actor_lives_on(
 ) -> None:
     async with open_system() as system:
         probe = await Probe.spawn(system)
-        ref = await system.spawn(Idle, name="idle")
+        ref = await system.spawn(Worker, name="idle")
         with pytest.raises(AssertionError, match="no Terminated within 1s"):
             await expect_terminated(probe, ref, timeout=1)
         assert ref.is_alive
@@ -122,8 +118,8 @@ async def test_expect_terminated_fails_on_the_terminated_of_another_actor(
 ) -> None:
     async with open_system() as system:
         probe = await Probe.spawn(system)
-        other = await system.spawn(Idle, name="other")
-        ref = await system.spawn(Idle, name="idle")
+        other = await system.spawn(Worker, name="other")
+        ref = await system.spawn(Worker, name="idle")
         await probe.watch(other)
         await system.stop(other)
         with pytest.raises(AssertionError, match="expected Terminated of <ActorRef 'idle'>"):

@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import attrs
 import pytest
 import trio
 import trio.testing
 
-from runtime import Actor, ActorCrashed, Restart, Terminated, open_system
+from runtime import Restart, Terminated, open_system
 from runtime.testing import Probe, expect_terminated
-
-
-@attrs.frozen
-class Boom:
-    pass
-
-
-@attrs.frozen
-class Quit:
-    pass
-
-
-class Worker(Actor):
-    async def handle(self, message: Any) -> Any:
-        if isinstance(message, Boom):
-            raise ValueError("boom")
-        if isinstance(message, Quit):
-            self.context.stop()
-        return "ok"
+from tests.runtime.kit import Boom, Quit, Watcher, Worker, crash, node_at, spawn_watched
 
 
 async def test_stop_child_delivers_terminated_with_reason_shutdown(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_system() as system:
-        probe = await Probe.spawn(system)
-        ref = await system.spawn(Worker, name="w")
-        await probe.watch(ref)
+        probe, ref = await spawn_watched(system, Worker, "w")
         assert await system.root.stop_child("w")
         terminated = await probe.expect(Terminated)
         assert terminated == Terminated(ref, "shutdown")
@@ -51,9 +28,7 @@ async def test_a_temporary_or_transient_child_stopping_itself_is_terminated_norm
     autojump_clock: trio.testing.MockClock, restart: Restart
 ) -> None:
     async with open_system() as system:
-        probe = await Probe.spawn(system)
-        ref = await system.spawn(Worker, name="w", restart=restart)
-        await probe.watch(ref)
+        probe, ref = await spawn_watched(system, Worker, "w", restart=restart)
         await ref.tell(Quit())
         terminated = await probe.expect(Terminated)
         assert (terminated.ref, terminated.reason, terminated.error) == (ref, "normal", None)
@@ -64,14 +39,11 @@ async def test_a_crashing_temporary_child_is_terminated_crashed_with_the_error(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_system() as system:
-        probe = await Probe.spawn(system)
-        ref = await system.spawn(Worker, name="w", restart=Restart.TEMPORARY)
-        await probe.watch(ref)
-        with pytest.raises(ActorCrashed) as caught:
-            await ref.ask(Boom())
+        probe, ref = await spawn_watched(system, Worker, "w", restart=Restart.TEMPORARY)
+        crashed = await crash(ref)
         terminated = await probe.expect(Terminated)
         assert (terminated.ref, terminated.reason) == (ref, "crashed")
-        assert terminated.error is caught.value.__cause__
+        assert terminated.error is crashed.__cause__
         assert isinstance(terminated.error, ValueError)
 
 
@@ -79,16 +51,12 @@ async def test_a_restart_delivers_no_terminated(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_system() as system:
-        probe = await Probe.spawn(system)
-        ref = await system.spawn(Worker, name="w")
-        await probe.watch(ref)
+        probe, ref = await spawn_watched(system, Worker, "w")
         await ref.tell(Boom())
         await ref.tell(Quit())  # a PERMANENT child is restarted after a normal stop too
         assert await ref.ask("still there?") == "ok"
         await probe.expect_nothing(5)
-        node = system.snapshot().find("w")
-        assert node is not None
-        assert node.restarts == 2
+        assert node_at(system, "w").restarts == 2
         await system.stop(ref)
         assert (await probe.expect(Terminated)).reason == "shutdown"
 
@@ -120,24 +88,6 @@ async def test_every_watcher_is_told_once(
         for probe in probes:
             assert (await probe.expect(Terminated)).ref == ref
             await probe.expect_nothing(1)
-
-
-class Watcher(Actor):
-    """Watches a target and forwards what it learns to a probe."""
-
-    def __init__(self, probe: Any, target: Any) -> None:
-        self.probe = probe
-        self.target = target
-
-    async def on_start(self) -> None:
-        self.context.watch(self.target)
-
-    async def handle(self, message: Any) -> Any:
-        if message == "unwatch":
-            self.context.unwatch(self.target)
-            return None
-        await self.probe.tell(message)
-        return None
 
 
 async def test_an_actor_can_watch_and_unwatch_through_its_context(

@@ -7,8 +7,8 @@ inside its own SAVEPOINT, so an operation that fails is undone on its own and
 fails only its own caller; the rest of the group still commits.
 
 trio tasks submit operations through a thread-safe queue and sleep on a
-:class:`trio.Event`; after the commit, the writer wakes each of them through the
-trio token of the run it came from.
+:class:`trio.Event`; after the commit, the writer wakes the whole group with one
+call into each trio run it came from (one hand-off per group, not per write).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -34,13 +34,31 @@ WriteOperation = Callable[[sqlite3.Connection], T]
 """A unit of work run on the writer thread inside an open transaction. It must
 not commit or roll back; raising undoes what it did."""
 
-_Deliver = Callable[["outcome.Outcome[Any]"], None]
+_Wake = Callable[["outcome.Outcome[Any]"], None]
+"""Runs in the submitting trio run: hands the result to the waiting task."""
 
 
 @attrs.frozen
 class _Request(Generic[T]):
     operation: WriteOperation[T]
-    deliver: _Deliver
+    token: trio.lowlevel.TrioToken
+    wake: _Wake
+
+
+def _wake_all(wakes: list[tuple[_Wake, outcome.Outcome[Any]]]) -> None:
+    for wake, result in wakes:
+        wake(result)
+
+
+def _deliver(requests: Sequence[_Request[Any]], results: Sequence[outcome.Outcome[Any]]) -> None:
+    """Hand each result to its caller, with one call into each trio run."""
+    by_run: dict[trio.lowlevel.TrioToken, list[tuple[_Wake, outcome.Outcome[Any]]]] = {}
+    for request, result in zip(requests, results, strict=True):
+        by_run.setdefault(request.token, []).append((request.wake, result))
+    for token, wakes in by_run.items():
+        # If the submitting run is over, nobody is left to tell.
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(_wake_all, wakes)
 
 
 class _Stop:
@@ -117,15 +135,10 @@ class SqliteWriter:
             result.append(value)
             done.set()
 
-        def deliver(value: outcome.Outcome[Any]) -> None:
-            # If the submitting run is over, nobody is left to tell.
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(wake, value)
-
         with self._accepting_lock:
             if not self._accepting:
                 raise StoreError("store writer has stopped")
-            self._queue.put(_Request(operation, deliver))
+            self._queue.put(_Request(operation, token, wake))
         await done.wait()
         return result[0].unwrap()
 
@@ -186,8 +199,7 @@ class SqliteWriter:
             results = [
                 outcome.Error(_as_store_error(exc, "write transaction failed")) for _ in batch
             ]
-        for request, result in zip(batch, results, strict=True):
-            request.deliver(result)
+        _deliver(batch, results)
 
     def _run_one(self, operation: WriteOperation[Any]) -> outcome.Outcome[Any]:
         """Run one operation in a savepoint. Raises sqlite3.Error only when the
@@ -203,13 +215,16 @@ class SqliteWriter:
         return result
 
     def _fail_leftovers(self) -> None:
+        leftovers: list[_Request[Any]] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return
+                break
             if isinstance(item, _Request):
-                item.deliver(outcome.Error(StoreError("store writer has stopped")))
+                leftovers.append(item)
+        stopped = [outcome.Error(StoreError("store writer has stopped")) for _ in leftovers]
+        _deliver(leftovers, stopped)
 
 
 def _as_store_error(exc: sqlite3.Error, what: str) -> StoreError:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, Generic, TypeVar
 
+import cattrs
 import orjson
 import structlog
 import trio
@@ -39,12 +40,14 @@ from actors.http.errors import (
 )
 from actors.http.openapi import openapi_document
 from actors.http.schemas import (
+    MAX_QUERY_INT,
     ChatMessage,
     CreateJobBody,
     InvalidBody,
     MuteBody,
     check_create,
     check_messages,
+    check_params,
     check_text,
     delta_json,
     job_json,
@@ -68,6 +71,8 @@ SEED_NOT_FOUND = "Job not found or unauthorized"
 SEED_NOT_ABORTED = "Job not found, unauthorized, or already complete"
 # Bound on the shielded last send of a response (see _RequestContext).
 _LAST_SEND_TIMEOUT = 5.0
+# The spellings of a true or false query flag (``?unread=1``).
+FLAG_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 class ShutdownSignal:
@@ -239,7 +244,7 @@ def build_app(
         who = principal(request)
         raw = request.query_params.get("status")
         status = None
-        if raw:
+        if raw is not None:
             try:
                 status = JobStatus(raw)
             except ValueError:
@@ -274,7 +279,7 @@ def build_app(
 
     async def list_notifications(request: Request) -> Response:
         who = principal(request)
-        unread = request.query_params.get("unread", "") in ("1", "true", "yes")
+        unread = _flag_param(request, "unread")
         limit = _int_param(request, "limit", 50, maximum=500)
         found = await service.list_notifications(who.owner, unread, limit)
         return JSONResponse({"notifications": [notification_json(n) for n in found]})
@@ -351,25 +356,36 @@ def build_app(
             raise _SeedError(error.status, error.message) from None
         if not isinstance(body, dict):
             raise _SeedError(400, "Invalid request body")
-        background = body.pop("_background", False) is True
-        thread_id = body.pop("_threadId", None)
-        message_id = body.pop("_messageId", None)
-        model = body.pop("model", None)
+        background = body.pop("_background", False)
+        raw_thread_id = body.pop("_threadId", None)
+        raw_message_id = body.pop("_messageId", None)
+        raw_model = body.pop("model", None)
         raw_messages = body.pop("messages", None)
         body.pop("stream", None)
-        if background and (not isinstance(thread_id, str) or not isinstance(message_id, str)):
+        if not isinstance(background, bool):
+            raise _SeedError(400, "_background: must be true or false")
+        if background and not (_is_text(raw_thread_id) and _is_text(raw_message_id)):
             raise _SeedError(400, "Missing _threadId or _messageId for background streaming")
-        if not isinstance(model, str) or not model:
+        if not _is_text(raw_model):
             raise _SeedError(400, "Missing model")
+        model: str = raw_model
+        try:
+            check_text(model, "model")
+            thread_id = _seed_text(raw_thread_id, "_threadId")
+            message_id = _seed_text(raw_message_id, "_messageId")
+            check_params(body)
+        except InvalidBody as error:
+            raise _SeedError(400, str(error)) from None
         try:
             messages = check_messages(codec.structure(raw_messages, list[ChatMessage]))
-        except (InvalidBody, codec.ClassValidationError, TypeError, ValueError):
+        # A malformed list raises cattrs' IterableValidationError, not a ClassValidationError.
+        except (InvalidBody, cattrs.BaseValidationError, TypeError, ValueError):
             raise _SeedError(400, "Invalid messages") from None
         chat = ChatRequest(
             model=model,
             messages=messages,
-            thread_id=thread_id if isinstance(thread_id, str) else uuid.uuid4().hex,
-            message_id=message_id if isinstance(message_id, str) else uuid.uuid4().hex,
+            thread_id=thread_id if thread_id is not None else uuid.uuid4().hex,
+            message_id=message_id if message_id is not None else uuid.uuid4().hex,
             params=body,
             api_key=user_key(request),
         )
@@ -449,26 +465,70 @@ class _SeedError(Exception):
         self.message = message
 
 
-def _int_param(request: Request, name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit():
-        raise ApiError(422, "invalid_request", f"{name}: must be a non-negative integer")
-    value = int(raw)
-    if maximum is not None and value > maximum:
-        raise ApiError(422, "invalid_request", f"{name}: at most {maximum}")
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _seed_text(value: Any, field: str) -> str | None:
+    """The optional text field ``field`` of a seed body: None if absent.
+
+    Raises :class:`InvalidBody` unless it is a non-blank string of at most
+    ``MAX_ID_CHARS`` characters.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidBody(f"{field}: must be a string")
+    check_text(value, field)
     return value
 
 
-def _resume_point(request: Request) -> int | None:
-    """The seq to resume after: ``Last-Event-ID`` wins over ``?after=``."""
-    raw = request.headers.get("last-event-id") or request.query_params.get("after")
-    if raw is None or raw == "":
+def _non_negative_int(raw: str) -> int | None:
+    """``raw`` as an integer from 0 to :data:`MAX_QUERY_INT`, or None if it is not one."""
+    # str.isdigit() also accepts digits that int() refuses ("²"), and int() refuses
+    # strings of more than a few thousand digits: check the form and length first.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_QUERY_INT)):
         return None
-    if not raw.isdigit():
+    value = int(raw)
+    return value if value <= MAX_QUERY_INT else None
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int | None = None) -> int:
+    """The query parameter ``name`` as an integer from 0 to ``maximum``; ``default`` if
+    absent. Raises :class:`ApiError` 422 otherwise (an empty value too)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    value = _non_negative_int(raw)
+    upper = MAX_QUERY_INT if maximum is None else maximum
+    if value is None or value > upper:
+        raise ApiError(422, "invalid_request", f"{name}: must be an integer from 0 to {upper}")
+    return value
+
+
+def _flag_param(request: Request, name: str) -> bool:
+    """The query parameter ``name`` as a flag: false if absent. Raises
+    :class:`ApiError` 422 for a value not in :data:`FLAG_VALUES` (an empty one too)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    if raw not in FLAG_VALUES:
+        raise ApiError(422, "invalid_request", f"{name}: one of {', '.join(FLAG_VALUES)}")
+    return FLAG_VALUES[raw]
+
+
+def _resume_point(request: Request) -> int | None:
+    """The seq to resume after: ``Last-Event-ID`` wins over ``?after=``; None if neither
+    is given. Raises :class:`ApiError` 422 for one that is not a seq (an empty one too)."""
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        raw = request.query_params.get("after")
+    if raw is None:
+        return None
+    value = _non_negative_int(raw)
+    if value is None:
         raise ApiError(422, "invalid_request", "Last-Event-ID / after: must be a delta seq")
-    return int(raw)
+    return value
 
 
 class _SseStream(Generic[E]):

@@ -8,7 +8,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-__all__ = ["ApiError", "error_response", "http_exception_handler", "internal_error_handler"]
+__all__ = [
+    "SEED_PREFIX",
+    "ApiError",
+    "error_response",
+    "http_exception_handler",
+    "internal_error_handler",
+]
+
+# The seed's routes live here; their errors are ``{"error": "<message>"}``.
+SEED_PREFIX = "/api/"
 
 _CODES = {
     400: "bad_request",
@@ -56,7 +65,10 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
-    """Routing errors (unknown route, wrong method) in the API's error shape."""
+    """Routing errors (unknown route, wrong method) in the API's error shape.
+
+    No route was chosen, so this is the v1 shape under ``/api/`` too.
+    """
     assert isinstance(exc, HTTPException)
     code = _CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code
@@ -66,4 +78,7 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 
 async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    """A 500 in the error shape of the route's family (the seed's ``/api/...`` or v1)."""
+    if request.url.path.startswith(SEED_PREFIX):
+        return JSONResponse({"error": "Internal server error"}, status_code=500)
     return error_response(500, "internal_error", "internal error; see the server log")

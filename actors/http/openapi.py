@@ -5,6 +5,15 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from actors.http.schemas import (
+    MAX_CONTENT_CHARS,
+    MAX_ID_CHARS,
+    MAX_MESSAGES,
+    MAX_NESTING,
+    MAX_QUERY_INT,
+)
+from actors.model import JobStatus, NotificationType
+
 __all__ = ["openapi_document"]
 
 
@@ -20,85 +29,191 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
-def _sse(description: str) -> dict[str, Any]:
+def _seed_error(description: str) -> dict[str, Any]:
+    return _json(_ref("SeedError"), description)
+
+
+def _sse(description: str, event: dict[str, Any]) -> dict[str, Any]:
+    """An event stream; as OpenAPI 3.1 has it, ``event`` describes each event."""
+    return {"description": description, "content": {"text/event-stream": {"schema": event}}}
+
+
+def _event(name: str, data: dict[str, Any], *, with_id: bool = False) -> dict[str, Any]:
+    """An event ``name`` whose ``data`` is JSON matching ``data``."""
+    properties: dict[str, Any] = {
+        "event": {"const": name},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+    }
+    if with_id:
+        properties["id"] = {"type": "string", "pattern": "^[0-9]+$"}
     return {
-        "description": description,
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "type": "object",
+        "required": ["event", "data", *(["id"] if with_id else [])],
+        "properties": properties,
     }
 
 
 _NULLABLE_STRING = {"type": ["string", "null"]}
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_NOTIFICATION_ID = {
-    "name": "notification_id",
-    "in": "path",
-    "required": True,
+_NULLABLE_INTEGER = {"type": ["integer", "null"]}
+_INTEGER = {"type": "integer"}
+# The characters str.strip() removes (str.isspace()), written out as a range list
+# because regex dialects disagree on what \s matches.
+_BLANK_CHARS = "\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# Ids and names the API checks with check_text: 1 to 200 characters, not all blank.
+_TEXT = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_CHARS,
+    "pattern": f"[^{_BLANK_CHARS}]",
+}
+
+
+def _path_id(name: str, *, checked_text: bool = False) -> dict[str, Any]:
+    """A path parameter: one path segment, since an encoded ``/`` is decoded before routing.
+
+    ``checked_text``: also 1 to ``MAX_ID_CHARS`` characters, not all blank (check_text).
+    """
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}
+    if checked_text:
+        schema = {**schema, "maxLength": MAX_ID_CHARS, "pattern": f"^[^/]*[^/{_BLANK_CHARS}][^/]*$"}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _count(name: str, location: str = "query", maximum: int = MAX_QUERY_INT) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": location,
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0, "maximum": maximum},
+    }
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """An object with exactly ``properties``, all required unless ``required`` says otherwise."""
+    return {
+        "type": "object",
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+_JOB_ID = _path_id("job_id")
+_NOTIFICATION_ID = _path_id("notification_id")
+_USER_KEY = {
+    "name": "X-Upstream-Api-Key",
+    "in": "header",
+    "required": False,
     "schema": {"type": "string"},
+    "description": "Your own upstream key, if the server allows it (else 403).",
 }
 _AUTH_ERRORS = {"401": _error("Missing, expired or invalid bearer token.")}
+_JOB_STATUSES = [status.value for status in JobStatus]
+_CONTENT = {"type": "string", "maxLength": MAX_CONTENT_CHARS}
+_CONTENT_PARTS = {
+    "type": "array",
+    "description": (
+        f"Content parts, passed upstream as they are: at most {MAX_CONTENT_CHARS} characters "
+        f"as JSON, nested at most {MAX_NESTING} levels."
+    ),
+}
+_MESSAGE_EXTRAS = {
+    "name": _NULLABLE_STRING,
+    "tool_call_id": _NULLABLE_STRING,
+    "tool_calls": {"type": ["array", "null"], "items": {"type": "object"}},
+}
+_MESSAGES = {
+    "type": "array",
+    "items": _ref("ChatMessage"),
+    "minItems": 1,
+    "maxItems": MAX_MESSAGES,
+}
 
 _SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
+    "Error": _object(
+        {"error": _object({"code": {"type": "string"}, "message": {"type": "string"}})}
+    ),
+    "SeedError": _object({"error": {"type": "string"}}),
     "ChatMessage": {
-        "type": "object",
-        "required": ["role"],
-        "additionalProperties": False,
-        "properties": {
-            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
-            "content": {"oneOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
-            "name": _NULLABLE_STRING,
-            "tool_call_id": _NULLABLE_STRING,
-            "tool_calls": {"type": ["array", "null"]},
-        },
+        "description": "A chat message; only assistant and tool messages may have no content.",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["role", "content"],
+                "additionalProperties": False,
+                "properties": {
+                    "role": {"enum": ["system", "developer", "user"]},
+                    "content": {"oneOf": [_CONTENT, _CONTENT_PARTS]},
+                    **_MESSAGE_EXTRAS,
+                },
+            },
+            {
+                "type": "object",
+                "required": ["role"],
+                "additionalProperties": False,
+                "properties": {
+                    "role": {"enum": ["assistant", "tool"]},
+                    "content": {"oneOf": [_CONTENT, _CONTENT_PARTS, {"type": "null"}]},
+                    **_MESSAGE_EXTRAS,
+                },
+            },
+        ],
     },
     "CreateJob": {
         "type": "object",
         "required": ["model", "messages", "thread_id", "message_id"],
         "additionalProperties": False,
         "properties": {
-            "model": {"type": "string", "maxLength": 200},
-            "messages": {
-                "type": "array",
-                "items": _ref("ChatMessage"),
-                "minItems": 1,
-                "maxItems": 256,
-            },
-            "thread_id": {"type": "string", "maxLength": 200},
-            "message_id": {"type": "string", "maxLength": 200},
+            "model": _TEXT,
+            "messages": _MESSAGES,
+            "thread_id": _TEXT,
+            "message_id": _TEXT,
             "params": {
                 "type": "object",
-                "description": "Extra upstream fields (temperature, max_tokens...).",
+                "description": (
+                    "Extra upstream fields (temperature, max_tokens...), nested at most "
+                    f"{MAX_NESTING} levels."
+                ),
             },
         },
     },
-    "Usage": {
-        "type": ["object", "null"],
-        "properties": {
-            "prompt_tokens": {"type": ["integer", "null"]},
-            "completion_tokens": {"type": ["integer", "null"]},
-            "total_tokens": {"type": ["integer", "null"]},
-            "reasoning_tokens": {"type": ["integer", "null"]},
-            "cost": {"type": ["number", "null"]},
-        },
-    },
-    "Job": {
+    "SeedChat": {
         "type": "object",
+        "description": (
+            "An OpenAI chat body. `_background`, `_threadId`, `_messageId` and `stream` are "
+            "taken out; any other field goes upstream as it is."
+        ),
+        "required": ["model", "messages"],
         "properties": {
+            "model": _TEXT,
+            "messages": _MESSAGES,
+            "_background": {"type": "boolean"},
+            "_threadId": _TEXT,
+            "_messageId": _TEXT,
+            "stream": {"description": "Ignored: a job always streams."},
+        },
+        "if": {"required": ["_background"], "properties": {"_background": {"const": True}}},
+        "then": {"required": ["_threadId", "_messageId"]},
+    },
+    "Usage": {
+        **_object(
+            {
+                "prompt_tokens": _NULLABLE_INTEGER,
+                "completion_tokens": _NULLABLE_INTEGER,
+                "total_tokens": _NULLABLE_INTEGER,
+                "reasoning_tokens": _NULLABLE_INTEGER,
+                "cost": {"type": ["number", "null"]},
+            }
+        ),
+        "type": ["object", "null"],
+    },
+    "Job": _object(
+        {
             "id": {"type": "string"},
             "thread_id": {"type": "string"},
             "message_id": {"type": "string"},
             "model": {"type": "string"},
-            "status": {"enum": ["queued", "streaming", "complete", "error", "aborted"]},
+            "status": {"enum": _JOB_STATUSES},
             "started_at": {"type": "string", "format": "date-time"},
             "completed_at": {"type": ["string", "null"], "format": "date-time"},
             "error": _NULLABLE_STRING,
@@ -107,26 +222,83 @@ _SCHEMAS: dict[str, Any] = {
             "finish_reason": _NULLABLE_STRING,
             "usage": _ref("Usage"),
             "generation_id": _NULLABLE_STRING,
-            "offset": {"type": "integer"},
+            "offset": {"type": "integer", "description": "The asked offset, at most the length."},
             "content_delta": {"type": "string", "description": "Content from `offset` on."},
             "content_length": {"type": "integer"},
             "reasoning": {"type": "string"},
-        },
-    },
-    "Notification": {
-        "type": "object",
-        "properties": {
+        }
+    ),
+    "Notification": _object(
+        {
             "id": {"type": "string"},
             "thread_id": {"type": "string"},
             "job_id": {"type": "string"},
-            "type": {"enum": ["ai.background.complete", "ai.background.error"]},
+            "type": {"enum": [kind.value for kind in NotificationType]},
             "title": {"type": "string"},
             "body": {"type": "string"},
-            "actions": {"type": "array", "items": {"type": "object"}},
+            "actions": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "label": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "thread_id": {"type": "string"},
+                        "message_id": {"type": "string"},
+                    }
+                ),
+            },
             "read_at": {"type": ["string", "null"], "format": "date-time"},
             "created_at": {"type": "string", "format": "date-time"},
+        }
+    ),
+    "Delta": _object(
+        {"seq": _INTEGER, "content": {"type": "string"}, "reasoning": {"type": "string"}}
+    ),
+    "StatusEvent": _object(
+        {
+            "status": {"enum": _JOB_STATUSES},
+            "error": _NULLABLE_STRING,
+            "finish_reason": _NULLABLE_STRING,
+            "usage": _ref("Usage"),
+            "last_seq": _INTEGER,
+        }
+    ),
+    "SeedChunk": _object(
+        {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion.chunk"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "index": _INTEGER,
+                        "delta": _object(
+                            {"content": {"type": "string"}, "reasoning": {"type": "string"}},
+                            required=[],
+                        ),
+                        "finish_reason": {"enum": [None, "error"]},
+                    }
+                ),
+            },
+            "error": _object({"code": {"type": "string"}, "message": {"type": "string"}}),
         },
-    },
+        required=["id", "object", "model", "choices"],
+    ),
+    "SeedJobStatus": _object(
+        {
+            "id": {"type": "string"},
+            "status": {"enum": ["streaming", "complete", "error", "aborted"]},
+            "threadId": {"type": "string"},
+            "messageId": {"type": "string"},
+            "model": {"type": "string"},
+            "chunksReceived": {"type": "integer"},
+            "startedAt": {"type": "integer", "description": "Epoch milliseconds."},
+            "completedAt": {"type": ["integer", "null"], "description": "Epoch milliseconds."},
+            "error": _NULLABLE_STRING,
+            "content": {"type": "string"},
+        }
+    ),
 }
 
 _PATHS: dict[str, Any] = {
@@ -137,24 +309,34 @@ _PATHS: dict[str, Any] = {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("CreateJob")}},
             },
-            "parameters": [
-                {
-                    "name": "X-Upstream-Api-Key",
-                    "in": "header",
-                    "required": False,
-                    "schema": {"type": "string"},
-                    "description": "Your own upstream key, if the server allows it.",
-                }
-            ],
+            "parameters": [_USER_KEY],
             "responses": {
-                "202": _json(_ref("Job"), "Started; `Location` names the job."),
+                "202": {
+                    **_json(_ref("Job"), "Started."),
+                    "headers": {
+                        "Location": {
+                            "description": "The job's URL.",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
                 "400": _error("The body is not JSON."),
                 **_AUTH_ERRORS,
                 "403": _error("Per-request API keys are not allowed."),
                 "413": _error("The body is too large."),
                 "422": _error("The body is JSON but not a valid request."),
                 "429": _error("You run as many jobs as allowed per user."),
-                "503": _error("The server runs as many jobs as it can; retry after `Retry-After`."),
+                "503": {
+                    **_error("The server runs as many jobs as it can; retry after `Retry-After`."),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds to wait.",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
             },
         },
         "get": {
@@ -164,16 +346,12 @@ _PATHS: dict[str, Any] = {
                     "name": "status",
                     "in": "query",
                     "required": False,
-                    "schema": {"enum": ["queued", "streaming", "complete", "error", "aborted"]},
+                    "schema": {"enum": _JOB_STATUSES},
                 }
             ],
             "responses": {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {"jobs": {"type": "array", "items": _ref("Job")}},
-                    },
-                    "Newest first.",
+                    _object({"jobs": {"type": "array", "items": _ref("Job")}}), "Newest first."
                 ),
                 **_AUTH_ERRORS,
                 "422": _error("Unknown status."),
@@ -183,19 +361,12 @@ _PATHS: dict[str, Any] = {
     "/v1/jobs/{job_id}": {
         "get": {
             "summary": "Poll a job, with the content from `offset` on",
-            "parameters": [
-                _JOB_ID,
-                {
-                    "name": "offset",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 0},
-                },
-            ],
+            "parameters": [_JOB_ID, _count("offset")],
             "responses": {
                 "200": _json(_ref("Job"), "The job."),
                 **_AUTH_ERRORS,
                 "404": _error("No such job of yours."),
+                "422": _error("`offset` is not an integer in range."),
             },
         }
     },
@@ -205,10 +376,7 @@ _PATHS: dict[str, Any] = {
             "parameters": [_JOB_ID],
             "responses": {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {"aborted": {"type": "boolean"}, "job": _ref("Job")},
-                    },
+                    _object({"aborted": {"type": "boolean"}, "job": _ref("Job")}),
                     "`aborted` is true if this call aborted it.",
                 ),
                 **_AUTH_ERRORS,
@@ -221,28 +389,29 @@ _PATHS: dict[str, Any] = {
             "summary": "Follow a job live (Server-Sent Events)",
             "description": (
                 "Events `snapshot`, `delta` (`id:` is the seq) and `status`, plus keep-alive "
-                "comments. Resume with `Last-Event-ID` or `?after=N`. Ends after `status`, or "
-                "with `shutdown` when the server stops. A disconnect never aborts the job."
+                "comments. Resume with `Last-Event-ID` or `?after=N` (the header wins). Ends "
+                "after `status`, or with `shutdown` when the server stops. A disconnect never "
+                "aborts the job."
             ),
-            "parameters": [
-                _JOB_ID,
-                {
-                    "name": "after",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 0},
-                },
-                {
-                    "name": "Last-Event-ID",
-                    "in": "header",
-                    "required": False,
-                    "schema": {"type": "string"},
-                },
-            ],
+            "parameters": [_JOB_ID, _count("after"), _count("Last-Event-ID", "header")],
             "responses": {
-                "200": _sse("The event stream."),
+                "200": _sse(
+                    "The event stream.",
+                    {
+                        "oneOf": [
+                            _event("snapshot", _ref("Job")),
+                            _event("delta", _ref("Delta"), with_id=True),
+                            _event("status", _ref("StatusEvent")),
+                            _event(
+                                "shutdown",
+                                _object({"message": {"type": "string"}, "last_seq": _INTEGER}),
+                            ),
+                        ]
+                    },
+                ),
                 **_AUTH_ERRORS,
                 "404": _error("No such job of yours."),
+                "422": _error("`after` or `Last-Event-ID` is not a delta seq."),
             },
         }
     },
@@ -254,26 +423,18 @@ _PATHS: dict[str, Any] = {
                     "name": "unread",
                     "in": "query",
                     "required": False,
-                    "schema": {"enum": ["0", "1"]},
+                    "schema": {"enum": ["1", "true", "yes", "0", "false", "no"]},
+                    "description": "Only unread ones when true.",
                 },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 0, "maximum": 500},
-                },
+                _count("limit", maximum=500),
             ],
             "responses": {
                 "200": _json(
-                    {
-                        "type": "object",
-                        "properties": {
-                            "notifications": {"type": "array", "items": _ref("Notification")}
-                        },
-                    },
+                    _object({"notifications": {"type": "array", "items": _ref("Notification")}}),
                     "Notifications.",
                 ),
                 **_AUTH_ERRORS,
+                "422": _error("`unread` or `limit` is out of range."),
             },
         }
     },
@@ -282,7 +443,7 @@ _PATHS: dict[str, Any] = {
             "summary": "Mark one notification read",
             "parameters": [_NOTIFICATION_ID],
             "responses": {
-                "200": _json({"type": "object"}, "Read."),
+                "200": _json(_object({"read": {"const": True}}), "Read."),
                 **_AUTH_ERRORS,
                 "404": _error("No such notification of yours."),
             },
@@ -292,10 +453,7 @@ _PATHS: dict[str, Any] = {
         "post": {
             "summary": "Mark all your notifications read",
             "responses": {
-                "200": _json(
-                    {"type": "object", "properties": {"updated": {"type": "integer"}}},
-                    "How many changed.",
-                ),
+                "200": _json(_object({"updated": {"type": "integer"}}), "How many changed."),
                 **_AUTH_ERRORS,
             },
         }
@@ -314,32 +472,40 @@ _PATHS: dict[str, Any] = {
     "/v1/notifications/events": {
         "get": {
             "summary": "New notifications, live (Server-Sent Events `notification`)",
-            "responses": {"200": _sse("The event stream."), **_AUTH_ERRORS},
+            "responses": {
+                "200": _sse(
+                    "The event stream.",
+                    {
+                        "oneOf": [
+                            _event("notification", _ref("Notification")),
+                            _event("shutdown", _object({"message": {"type": "string"}})),
+                        ]
+                    },
+                ),
+                **_AUTH_ERRORS,
+            },
         }
     },
     "/v1/threads/{thread_id}/mute": {
         "put": {
             "summary": "Mute or unmute a thread's notifications",
-            "parameters": [
-                {"name": "thread_id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
+            "parameters": [_path_id("thread_id", checked_text=True)],
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["muted"],
-                            "additionalProperties": False,
-                            "properties": {"muted": {"type": "boolean"}},
-                        }
-                    }
+                    "application/json": {"schema": _object({"muted": {"type": "boolean"}})}
                 },
             },
             "responses": {
-                "200": _json({"type": "object"}, "The new state."),
+                "200": _json(
+                    _object({"thread_id": {"type": "string"}, "muted": {"type": "boolean"}}),
+                    "The new state.",
+                ),
+                "400": _error("The body is not JSON."),
                 **_AUTH_ERRORS,
-                "422": _error("Bad body."),
+                "404": _error("No route: a thread id with `/` has no mute URL."),
+                "413": _error("The body is too large."),
+                "422": _error("Bad body, or a blank or too long thread id."),
             },
         }
     },
@@ -361,15 +527,50 @@ _PATHS: dict[str, Any] = {
                 "answers `{jobId, status}`; without, it streams OpenAI chunks (the job is still "
                 "recorded; see `X-Job-Id`). Errors are `{error: string}`."
             ),
+            "parameters": [_USER_KEY],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": {"type": "object"}}},
+                "content": {"application/json": {"schema": _ref("SeedChat")}},
             },
             "responses": {
-                "200": {"description": '`{jobId, status: "streaming"}` or an event stream.'},
-                "400": {"description": "Missing `_threadId` or `_messageId`."},
-                "401": {"description": "Unauthorized."},
-                "503": {"description": "Server busy, try again later."},
+                "200": {
+                    "description": '`{jobId, status: "streaming"}`, or an event stream.',
+                    "content": {
+                        "application/json": {
+                            "schema": _object(
+                                {"jobId": {"type": "string"}, "status": {"const": "streaming"}}
+                            )
+                        },
+                        "text/event-stream": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["data"],
+                                "properties": {
+                                    "event": {"const": "message"},
+                                    "data": {
+                                        "anyOf": [
+                                            {"const": "[DONE]"},
+                                            {
+                                                "type": "string",
+                                                "contentMediaType": "application/json",
+                                                "contentSchema": _ref("SeedChunk"),
+                                            },
+                                        ]
+                                    },
+                                },
+                            }
+                        },
+                    },
+                },
+                "400": _seed_error(
+                    "Not JSON, no model or messages, or no `_threadId` or "
+                    "`_messageId` for a background job."
+                ),
+                "401": _seed_error("Unauthorized."),
+                "403": _seed_error("Per-request API keys are not allowed."),
+                "413": _seed_error("The body is too large."),
+                "429": _seed_error("Too many background jobs of yours."),
+                "503": _seed_error("Server busy, try again later."),
             },
         }
     },
@@ -378,8 +579,9 @@ _PATHS: dict[str, Any] = {
             "summary": "Seed-compatible job status (camelCase)",
             "parameters": [_JOB_ID],
             "responses": {
-                "200": {"description": "The job."},
-                "404": {"description": "Job not found or unauthorized."},
+                "200": _json(_ref("SeedJobStatus"), "The job."),
+                "401": _seed_error("Unauthorized."),
+                "404": _seed_error("Job not found or unauthorized."),
             },
         }
     },
@@ -388,7 +590,14 @@ _PATHS: dict[str, Any] = {
             "summary": "Seed-compatible abort",
             "parameters": [_JOB_ID],
             "responses": {
-                "200": {"description": "`{aborted: true}` or `{aborted: false, message}`."}
+                "200": _json(
+                    _object(
+                        {"aborted": {"type": "boolean"}, "message": {"type": "string"}},
+                        required=["aborted"],
+                    ),
+                    "`{aborted: true}` or `{aborted: false, message}`.",
+                ),
+                "401": _seed_error("Unauthorized."),
             },
         }
     },
@@ -396,28 +605,38 @@ _PATHS: dict[str, Any] = {
         "get": {
             "summary": "Liveness",
             "security": [],
-            "responses": {"200": {"description": "Alive."}},
+            "responses": {"200": _json(_object({"status": {"const": "ok"}}), "Alive.")},
         }
     },
     "/readyz": {
         "get": {
             "summary": "Readiness: store reachable, tree running",
             "security": [],
-            "responses": {"200": {"description": "Ready."}, "503": {"description": "Not ready."}},
+            "responses": {
+                "200": _json(_object({"status": {"const": "ready"}}), "Ready."),
+                "503": _json(
+                    _object({"status": {"enum": ["not ready", "shutting down"]}}), "Not ready."
+                ),
+            },
         }
     },
     "/metrics": {
         "get": {
             "summary": "Prometheus metrics",
             "security": [],
-            "responses": {"200": {"description": "Text exposition format."}},
+            "responses": {
+                "200": {
+                    "description": "Text exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
         }
     },
     "/openapi.json": {
         "get": {
             "summary": "This document",
             "security": [],
-            "responses": {"200": {"description": "OpenAPI 3.1."}},
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
         }
     },
 }

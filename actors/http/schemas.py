@@ -21,11 +21,14 @@ __all__ = [
     "MAX_CONTENT_CHARS",
     "MAX_ID_CHARS",
     "MAX_MESSAGES",
+    "MAX_NESTING",
+    "MAX_QUERY_INT",
     "ChatMessage",
     "CreateJobBody",
     "InvalidBody",
     "MuteBody",
     "check_messages",
+    "check_params",
     "delta_json",
     "job_json",
     "notification_json",
@@ -36,6 +39,12 @@ __all__ = [
 MAX_MESSAGES = 256
 MAX_ID_CHARS = 200
 MAX_CONTENT_CHARS = 200_000
+# Deepest nesting of lists and objects in message content, tool calls and params. The
+# upstream request wraps them a few levels deeper, and orjson refuses to serialize more
+# than 254 levels, so without this bound such a request would fail only upstream.
+MAX_NESTING = 64
+# The largest integer a query parameter or Last-Event-ID may carry: SQLite's INTEGER range.
+MAX_QUERY_INT = 2**63 - 1
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
@@ -85,8 +94,32 @@ def check_text(value: str, field: str, limit: int = MAX_ID_CHARS) -> None:
         raise InvalidBody(f"{field}: at most {limit} characters")
 
 
+def _nesting(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects: 0 for a scalar, 1 for ``[1]``."""
+    # Level by level rather than recursively, so that no input can exhaust the stack.
+    depth = 0
+    level = [value]
+    while containers := [item for item in level if isinstance(item, list | dict)]:
+        depth += 1
+        level = [
+            child
+            for container in containers
+            for child in (container.values() if isinstance(container, dict) else container)
+        ]
+    return depth
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Raise :class:`InvalidBody` if the extra upstream fields nest too deeply."""
+    if _nesting(params) > MAX_NESTING:
+        raise InvalidBody(f"params: nested more than {MAX_NESTING} levels deep")
+
+
 def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Validate chat messages; return them as the upstream expects them."""
+    """Validate chat messages; return them as the upstream expects them.
+
+    Raises :class:`InvalidBody` naming the first offending field.
+    """
     if not messages:
         raise InvalidBody("messages: at least one message is required")
     if len(messages) > MAX_MESSAGES:
@@ -99,6 +132,10 @@ def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
         if isinstance(content, str):
             size = len(content)
         elif isinstance(content, list):
+            if _nesting(content) > MAX_NESTING:
+                raise InvalidBody(
+                    f"messages[{index}].content: nested more than {MAX_NESTING} levels deep"
+                )
             size = len(codec.dumps(content))
         elif content is None and message.role in ("assistant", "tool"):
             size = 0
@@ -106,6 +143,10 @@ def check_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             raise InvalidBody(f"messages[{index}].content: must be a string or a list of parts")
         if size > MAX_CONTENT_CHARS:
             raise InvalidBody(f"messages[{index}].content: at most {MAX_CONTENT_CHARS} characters")
+        if _nesting(message.tool_calls) > MAX_NESTING:
+            raise InvalidBody(
+                f"messages[{index}].tool_calls: nested more than {MAX_NESTING} levels deep"
+            )
         result.append({k: v for k, v in codec.unstructure(message).items() if v is not None})
     return result
 
@@ -114,6 +155,7 @@ def check_create(body: CreateJobBody) -> list[dict[str, Any]]:
     check_text(body.model, "model")
     check_text(body.thread_id, "thread_id")
     check_text(body.message_id, "message_id")
+    check_params(body.params)
     return check_messages(body.messages)
 
 

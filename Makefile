@@ -23,6 +23,7 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/runtime_bench.py
+	$(BIN)/python benchmarks/service_bench.py
 
 serve: $(STAMP)
 	$(BIN)/python examples/server.py

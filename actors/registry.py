@@ -40,7 +40,7 @@ from actors.messages import (
     Sweep,
     SweepResult,
 )
-from actors.model import Job, JobStatus, Owner, Usage
+from actors.model import Delta, Job, JobStatus, Owner, Usage
 from actors.stores import Store
 from actors.stream import StreamActor
 from actors.upstream import UpstreamRequest
@@ -70,11 +70,36 @@ class _CheckOrphans:
 
 @attrs.define
 class _Running:
-    """A running job as the registry tracks it (private to the registry)."""
+    """A running job as the registry tracks it (private to the registry).
+
+    ``job`` has every field up to date but ``content`` and ``reasoning``:
+    deltas are collected in ``_pieces`` and joined only when someone reads the
+    job (:meth:`current`), so a long answer is not copied once per batch.
+    """
 
     job: Job
     stream: ActorRef | None = None
     followers: list[trio.MemorySendChannel[JobEvent]] = attrs.field(factory=list)
+    _pieces: list[Delta] = attrs.field(factory=list)
+
+    def add(self, deltas: list[Delta]) -> None:
+        self._pieces.extend(deltas)
+        self.job = attrs.evolve(
+            self.job,
+            chunks_received=self.job.chunks_received + len(deltas),
+            last_seq=deltas[-1].seq,
+        )
+
+    def current(self) -> Job:
+        """The job with all its content so far."""
+        if self._pieces:
+            pieces, self._pieces = self._pieces, []
+            self.job = attrs.evolve(
+                self.job,
+                content=self.job.content + "".join(d.content for d in pieces),
+                reasoning=self.job.reasoning + "".join(d.reasoning for d in pieces),
+            )
+        return self.job
 
 
 class JobRegistry(Actor):
@@ -210,7 +235,7 @@ class JobRegistry(Actor):
 
     async def _get(self, owner: Owner, job_id: str) -> Job | None:
         running = self._running.get(job_id)
-        job = running.job if running is not None else await self._store.get_job(job_id)
+        job = running.current() if running is not None else await self._store.get_job(job_id)
         if job is None or job.owner != owner:
             return None
         return job
@@ -234,7 +259,7 @@ class JobRegistry(Actor):
             return None
         send, receive = trio.open_memory_channel[JobEvent](self._config.follower_buffer)
         running.followers.append(send)
-        return Subscription(running.job, receive)
+        return Subscription(running.current(), receive)
 
     # -- reports from the streams ----------------------------------------------
 
@@ -247,13 +272,7 @@ class JobRegistry(Actor):
         fresh = [d for d in message.deltas if d.seq > job.last_seq]
         if not fresh:
             return
-        running.job = attrs.evolve(
-            job,
-            content=job.content + "".join(d.content for d in fresh),
-            reasoning=job.reasoning + "".join(d.reasoning for d in fresh),
-            chunks_received=job.chunks_received + len(fresh),
-            last_seq=fresh[-1].seq,
-        )
+        running.add(fresh)
         if running.followers:
             events = [DeltaEvent(d.seq, d.content, d.reasoning) for d in fresh]
             running.followers = [f for f in running.followers if _offer(f, events)]
@@ -342,7 +361,7 @@ class JobRegistry(Actor):
     ) -> None:
         """Record a terminal status, end the followers, and have the notifier decide."""
         job = attrs.evolve(
-            running.job,
+            running.current(),
             status=status,
             error=error,
             completed_at=self._deps.clock.now(),

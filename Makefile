@@ -17,6 +17,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check runtime actors tests examples benchmarks
 	$(BIN)/ruff format --check runtime actors tests examples benchmarks
 	$(BIN)/mypy --strict runtime actors
+	MYPYPATH=benchmarks $(BIN)/mypy --strict benchmarks/*.py
 
 test: $(STAMP) lint
 	$(BIN)/pytest

@@ -35,24 +35,28 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
-import importlib.metadata
 import json
-import math
-import os
-import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pykka
 import trio
+from harness import (
+    REPEATS,
+    Benchmark,
+    BenchmarkResult,
+    Side,
+    expect,
+    machine,
+    print_machine,
+    results_table,
+    run_benchmark,
+    under_trio,
+)
 from rich.console import Console
-from rich.table import Table
 
 from runtime import (
     Actor,
@@ -63,38 +67,13 @@ from runtime import (
     open_system,
 )
 
-__all__ = [
-    "Benchmark",
-    "BenchmarkError",
-    "BenchmarkResult",
-    "Side",
-    "SideResult",
-    "benchmarks",
-    "machine",
-    "main",
-    "results_table",
-    "run_benchmark",
-]
+__all__ = ["benchmarks", "main"]
 
-REPEATS = 3
-WARMUP_FRACTION = 10
 QUICK_DIVISOR = 100
+PACKAGES = ("pykka",)
 MAILBOX = 1000
 FAN_OUT_ACTORS = 100
 ASK_TIMEOUT = 1.0
-
-# A timed function does ``n`` operations and returns the seconds they took.
-Timed = Callable[[int], float]
-
-
-class BenchmarkError(RuntimeError):
-    """A benchmark did not do the work it claims to have measured."""
-
-
-def _expect(condition: bool, what: str) -> None:
-    if not condition:
-        raise BenchmarkError(what)
-
 
 # -- tell throughput -----------------------------------------------------------
 
@@ -128,7 +107,7 @@ async def _troupe_tell(n: int) -> float:
         # The ask queues behind every tell, so its reply means all were handled.
         count = await ref.ask(REPORT, timeout=None)
         elapsed = time.perf_counter() - start
-    _expect(count == n, f"the actor handled {count} of {n} messages")
+    expect(count == n, f"the actor handled {count} of {n} messages")
     return elapsed
 
 
@@ -149,7 +128,7 @@ async def _trio_tell(n: int) -> float:
             for i in range(n):
                 await send.send(i)
     elapsed = time.perf_counter() - start
-    _expect(count == n, f"the consumer received {count} of {n} messages")
+    expect(count == n, f"the consumer received {count} of {n} messages")
     return elapsed
 
 
@@ -170,7 +149,7 @@ async def _troupe_ask(n: int) -> float:
         for i in range(n):
             reply = await ref.ask(i, timeout=ASK_TIMEOUT)
         elapsed = time.perf_counter() - start
-    _expect(n == 0 or reply == n - 1, "the last reply is not the last message")
+    expect(n == 0 or reply == n - 1, "the last reply is not the last message")
     return elapsed
 
 
@@ -190,7 +169,7 @@ def _pykka_ask(n: int) -> float:
         elapsed = time.perf_counter() - start
     finally:
         ref.stop()
-    _expect(n == 0 or reply == n - 1, "the last reply is not the last message")
+    expect(n == 0 or reply == n - 1, "the last reply is not the last message")
     return elapsed
 
 
@@ -207,7 +186,7 @@ async def _troupe_fan_out(m: int) -> float:
                 await ref.tell(i)
         counts = [await ref.ask(REPORT, timeout=None) for ref in refs]
         elapsed = time.perf_counter() - start
-    _expect(counts == [rounds] * FAN_OUT_ACTORS, f"uneven counts: {set(counts)} != {rounds}")
+    expect(counts == [rounds] * FAN_OUT_ACTORS, f"uneven counts: {set(counts)} != {rounds}")
     return elapsed
 
 
@@ -233,7 +212,7 @@ async def _trio_fan_out(m: int) -> float:
         for send in sends:
             await send.aclose()
     elapsed = time.perf_counter() - start
-    _expect(counts == [rounds] * FAN_OUT_ACTORS, f"uneven counts: {set(counts)} != {rounds}")
+    expect(counts == [rounds] * FAN_OUT_ACTORS, f"uneven counts: {set(counts)} != {rounds}")
     return elapsed
 
 
@@ -289,7 +268,7 @@ async def _troupe_restart(n: int) -> float:
             await ref.tell(i)
         await starts.done.wait()
         elapsed = time.perf_counter() - start
-    _expect(starts.starts == n + 1, f"{starts.starts - 1} restarts instead of {n}")
+    expect(starts.starts == n + 1, f"{starts.starts - 1} restarts instead of {n}")
     return elapsed
 
 
@@ -305,131 +284,8 @@ async def _trio_restart(n: int) -> float:
         for _ in range(n):
             await nursery.start(incarnation)
     elapsed = time.perf_counter() - start
-    _expect(starts.starts == n, f"{starts.starts} tasks started instead of {n}")
+    expect(starts.starts == n, f"{starts.starts} tasks started instead of {n}")
     return elapsed
-
-
-# -- the harness ---------------------------------------------------------------
-
-
-def _under_trio(fn: Callable[[int], Any]) -> Timed:
-    """``fn`` run by a fresh ``trio.run``, so no state leaks from one repeat to the next."""
-
-    def timed(n: int) -> float:
-        elapsed: float = trio.run(fn, n)
-        return elapsed
-
-    return timed
-
-
-@attrs.frozen
-class Side:
-    """One side of a comparison: a label, its timed function and its amount of work."""
-
-    label: str
-    timed: Timed
-    n: int
-
-
-@attrs.frozen
-class Benchmark:
-    """A troupe measurement and its baseline; ``unit`` names what is counted per second."""
-
-    name: str
-    unit: str
-    troupe: Side
-    baseline: Side
-    target: float | None
-
-
-@attrs.frozen
-class SideResult:
-    label: str
-    n: int
-    seconds: tuple[float, ...]
-
-    @property
-    def best(self) -> float:
-        return min(self.seconds)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def rate(self) -> float:
-        """Operations per second in the best repeat."""
-        return self.n / self.best if self.best > 0 else math.inf
-
-
-@attrs.frozen
-class BenchmarkResult:
-    name: str
-    unit: str
-    troupe: SideResult
-    baseline: SideResult
-    target: float | None
-
-    @property
-    def ratio(self) -> float:
-        return self.troupe.rate / self.baseline.rate
-
-    @property
-    def verdict(self) -> str:
-        """``PASS`` or ``MISS`` against the target; ``-`` when there is none."""
-        if self.target is None:
-            return "-"
-        return "PASS" if self.ratio >= self.target else "MISS"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "unit": self.unit,
-            "troupe": _side_json(self.troupe),
-            "baseline": _side_json(self.baseline),
-            "ratio": self.ratio,
-            "target": self.target,
-            "verdict": self.verdict,
-        }
-
-
-def _side_json(side: SideResult) -> dict[str, Any]:
-    return {
-        "label": side.label,
-        "n": side.n,
-        "seconds": list(side.seconds),
-        "best_seconds": side.best,
-        "median_seconds": side.median,
-        "rate": side.rate,
-    }
-
-
-def _measure(timed: Timed, n: int) -> float:
-    # Garbage left by the previous run must not be collected on this one's clock.
-    gc.collect()
-    return timed(n)
-
-
-def run_benchmark(bench: Benchmark, repeats: int = REPEATS) -> BenchmarkResult:
-    """Warm up both sides, then time ``repeats`` alternating runs of each.
-
-    Blocks for the whole run. Raises :class:`BenchmarkError` if a side did
-    not do its work.
-    """
-    sides = (bench.troupe, bench.baseline)
-    for side in sides:
-        _measure(side.timed, max(1, side.n // WARMUP_FRACTION))
-    samples: dict[str, list[float]] = {side.label: [] for side in sides}
-    for _ in range(repeats):
-        for side in sides:
-            samples[side.label].append(_measure(side.timed, side.n))
-    return BenchmarkResult(
-        bench.name,
-        bench.unit,
-        SideResult(bench.troupe.label, bench.troupe.n, tuple(samples[bench.troupe.label])),
-        SideResult(bench.baseline.label, bench.baseline.n, tuple(samples[bench.baseline.label])),
-        bench.target,
-    )
 
 
 def benchmarks(scale: int = 1) -> list[Benchmark]:
@@ -442,82 +298,32 @@ def benchmarks(scale: int = 1) -> list[Benchmark]:
         Benchmark(
             "tell, 1 sender -> 1 actor",
             "msg/s",
-            Side("troupe tell", _under_trio(_troupe_tell), n(1_000_000)),
-            Side("trio memory channel", _under_trio(_trio_tell), n(1_000_000)),
+            Side("troupe tell", under_trio(_troupe_tell), n(1_000_000)),
+            Side("trio memory channel", under_trio(_trio_tell), n(1_000_000)),
             target=3.0,
         ),
         Benchmark(
             f"ask round trip, timeout {ASK_TIMEOUT:g} s",
             "ask/s",
-            Side("troupe ask", _under_trio(_troupe_ask), n(200_000)),
+            Side("troupe ask", under_trio(_troupe_ask), n(200_000)),
             Side("pykka ThreadingActor ask", _pykka_ask, n(50_000)),
             target=2.0,
         ),
         Benchmark(
             f"fan-out to {FAN_OUT_ACTORS} actors",
             "msg/s",
-            Side("troupe tell", _under_trio(_troupe_fan_out), n(1_000_000)),
-            Side(f"trio, {FAN_OUT_ACTORS} channels", _under_trio(_trio_fan_out), n(1_000_000)),
+            Side("troupe tell", under_trio(_troupe_fan_out), n(1_000_000)),
+            Side(f"trio, {FAN_OUT_ACTORS} channels", under_trio(_trio_fan_out), n(1_000_000)),
             target=None,
         ),
         Benchmark(
             "restart of a crashing child, one_for_one",
             "restart/s",
-            Side("troupe restart", _under_trio(_troupe_restart), n(50_000)),
-            Side("trio nursery.start", _under_trio(_trio_restart), n(50_000)),
+            Side("troupe restart", under_trio(_troupe_restart), n(50_000)),
+            Side("trio nursery.start", under_trio(_trio_restart), n(50_000)),
             target=None,
         ),
     ]
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    return {
-        "cores": os.cpu_count(),
-        "cpu": _cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "trio": trio.__version__,
-        "pykka": importlib.metadata.version("pykka"),
-        # Other work on the machine skews absolute rates more than ratios.
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def results_table(results: list[BenchmarkResult]) -> Table:
-    """The results as a table: each rate with its unit and its amount of work."""
-    table = Table(title=f"troupe runtime, best of {REPEATS} repeats")
-    table.add_column("benchmark / baseline")
-    table.add_column("troupe", justify="right")
-    table.add_column("baseline", justify="right")
-    table.add_column("ratio", justify="right")
-    table.add_column("target", justify="right")
-    for result in results:
-        verdict = {"PASS": " [green]PASS[/]", "MISS": " [red]MISS[/]"}.get(result.verdict, "")
-        table.add_row(
-            f"{result.name}\n[dim]vs {result.baseline.label}[/]",
-            f"{_rate(result.troupe.rate)} {result.unit}\n[dim]n={result.troupe.n:,}[/]",
-            f"{_rate(result.baseline.rate)} {result.unit}\n[dim]n={result.baseline.n:,}[/]",
-            f"{result.ratio:.2f}x",
-            ("-" if result.target is None else f">= {result.target:g}x") + verdict,
-        )
-    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,20 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     console = Console()
-    info = machine()
-    console.print(
-        f"machine: {info['cores']} cores, {info['cpu']}, {info['platform']}",
-        markup=False,
-        highlight=False,
-    )
-    console.print(
-        f"python: {info['implementation']} {info['python']}, "
-        f"trio {info['trio']}, pykka {info['pykka']}",
-        markup=False,
-        highlight=False,
-    )
-    if info["load_average"] is not None:
-        console.print(f"load average: {' '.join(f'{x:.2f}' for x in info['load_average'])}")
+    info = machine(PACKAGES)
+    print_machine(console, info, PACKAGES)
     if args.quick:
         console.print("[yellow]quick run: small amounts of work, the ratios are indicative[/]")
     selected = benchmarks(QUICK_DIVISOR if args.quick else 1)
@@ -554,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
         results.append(run_benchmark(bench))
-    console.print(results_table(results))
+    console.print(results_table(results, "troupe runtime"))
     console.print(
         "ratio = troupe rate / baseline rate, each the best of "
         f"{REPEATS} repeats after a warm-up; compare ratios, not absolute rates."

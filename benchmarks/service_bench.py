@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
-import importlib.metadata
 import json
 import math
 import sqlite3
@@ -53,7 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,21 +62,25 @@ import httpx
 import hypercorn.trio
 import orjson
 import trio
+from harness import (
+    REPEATS,
+    WARMUP_FRACTION,
+    Benchmark,
+    BenchmarkResult,
+    Side,
+    expect,
+    machine,
+    measure,
+    print_machine,
+    rate,
+    results_table,
+    run_benchmark,
+    under_trio,
+)
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.typing import Framework
 from rich.console import Console
 from rich.table import Table
-from runtime_bench import (
-    REPEATS,
-    WARMUP_FRACTION,
-    Benchmark,
-    BenchmarkError,
-    BenchmarkResult,
-    Side,
-    machine,
-    results_table,
-    run_benchmark,
-)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -111,6 +113,7 @@ __all__ = [
 ]
 
 QUICK_DIVISOR = 20
+PACKAGES = ("hypercorn", "starlette", "httpx")
 SQLITE_WRITERS = 100
 HTTP_CONCURRENCY = 10
 JOBS_IN_FLIGHT = 16
@@ -127,25 +130,6 @@ PROMPT = "How long does a background job take?"
 Notes = dict[str, float]
 """Figures a timed run leaves behind besides its time (writes per commit, body sizes);
 each run overwrites the previous run's."""
-
-# A timed function does ``n`` operations and returns the seconds they took.
-Timed = Callable[[int], float]
-
-
-def _expect(condition: bool, what: str) -> None:
-    if not condition:
-        raise BenchmarkError(what)
-
-
-def _under_trio(fn: Callable[[int], Awaitable[float]]) -> Timed:
-    """``fn`` run by a fresh ``trio.run``, so no state leaks from one repeat to the next."""
-
-    def timed(n: int) -> float:
-        elapsed: float = trio.run(fn, n)
-        return elapsed
-
-    return timed
-
 
 # -- the simulated answer ------------------------------------------------------
 
@@ -221,18 +205,18 @@ async def _troupe_group_commit(notes: Notes, n: int) -> float:
             expected_content = "".join(_delta_text(seq) for seq in range(1, per_job + 1))
             for job_id in job_ids:
                 job = await store.get_job(job_id)
-                _expect(job is not None, f"job {job_id} is missing")
+                expect(job is not None, f"job {job_id} is missing")
                 assert job is not None
-                _expect(
+                expect(
                     job.chunks_received == per_job and job.last_seq == per_job,
                     f"job {job_id} took {job.chunks_received} of {per_job} deltas",
                 )
-                _expect(job.content == expected_content, f"job {job_id} has the wrong content")
+                expect(job.content == expected_content, f"job {job_id} has the wrong content")
                 stored = await store.get_deltas(job_id)
-                _expect(len(stored) == per_job, f"{len(stored)} of {per_job} deltas stored")
+                expect(len(stored) == per_job, f"{len(stored)} of {per_job} deltas stored")
         finally:
             await store.aclose()
-    _expect(writes == per_job * SQLITE_WRITERS, f"{writes} writes instead of {n}")
+    expect(writes == per_job * SQLITE_WRITERS, f"{writes} writes instead of {n}")
     notes["commits"] = commits
     notes["writes_per_commit"] = writes / commits
     return elapsed
@@ -291,8 +275,8 @@ def _sqlite_commit_per_write(
             (last,) = conn.execute("SELECT min(last_seq) FROM jobs").fetchone()
         finally:
             conn.close()
-    _expect(stored == per_job * SQLITE_WRITERS, f"{stored} rows instead of {n}")
-    _expect(write is _insert_delta or last == per_job, f"a job's last_seq is {last}")
+    expect(stored == per_job * SQLITE_WRITERS, f"{stored} rows instead of {n}")
+    expect(write is _insert_delta or last == per_job, f"a job's last_seq is {last}")
     notes["writes_per_commit"] = 1.0
     return elapsed
 
@@ -386,7 +370,7 @@ async def _hammer(client: httpx.AsyncClient, path: str, n: int, notes: Notes) ->
     before the clock starts. Every response must be 200 with the same body.
     """
     first = await client.get(path)
-    _expect(first.status_code == 200, f"GET {path} answered {first.status_code}")
+    expect(first.status_code == 200, f"GET {path} answered {first.status_code}")
     expected = first.content
     notes["body_bytes"] = len(expected)
     remaining = n
@@ -398,7 +382,7 @@ async def _hammer(client: httpx.AsyncClient, path: str, n: int, notes: Notes) ->
     async def worker() -> None:
         nonlocal remaining, answered, connected
         response = await client.get(path)
-        _expect(response.content == expected, "a warm-up response differs")
+        expect(response.content == expected, "a warm-up response differs")
         connected += 1
         if connected == HTTP_CONCURRENCY:
             all_connected.set()
@@ -406,8 +390,8 @@ async def _hammer(client: httpx.AsyncClient, path: str, n: int, notes: Notes) ->
         while remaining > 0:
             remaining -= 1
             response = await client.get(path)
-            _expect(response.status_code == 200, f"GET {path} answered {response.status_code}")
-            _expect(response.content == expected, "a response body differs from the first")
+            expect(response.status_code == 200, f"GET {path} answered {response.status_code}")
+            expect(response.content == expected, "a response body differs from the first")
             answered += 1
 
     async with trio.open_nursery() as nursery:
@@ -417,16 +401,16 @@ async def _hammer(client: httpx.AsyncClient, path: str, n: int, notes: Notes) ->
         start = time.perf_counter()
         go.set()
     elapsed = time.perf_counter() - start
-    _expect(answered == n, f"{answered} of {n} requests answered")
+    expect(answered == n, f"{answered} of {n} requests answered")
     return elapsed
 
 
 async def _troupe_get_job(notes: Notes, n: int) -> float:
     async with _troupe_server("memory") as endpoint, _client(endpoint, HTTP_CONCURRENCY) as client:
         job_id, status = await _run_job(client, 0)
-        _expect(status == "complete", f"the job to read ended {status}")
+        expect(status == "complete", f"the job to read ended {status}")
         body = (await client.get(f"/v1/jobs/{job_id}")).json()
-        _expect(body["status"] == "complete", f"the job to read is {body['status']}")
+        expect(body["status"] == "complete", f"the job to read is {body['status']}")
         return await _hammer(client, f"/v1/jobs/{job_id}", n, notes)
 
 
@@ -473,18 +457,18 @@ async def _run_job(client: httpx.AsyncClient, index: int) -> tuple[str, str]:
     The stream ends by itself after the ``status`` event, so it is read to its end.
     """
     created = await client.post("/v1/jobs", json=_job_body(index))
-    _expect(created.status_code == 202, f"POST /v1/jobs answered {created.status_code}")
+    expect(created.status_code == 202, f"POST /v1/jobs answered {created.status_code}")
     job_id: str = created.json()["id"]
     event = ""
     final: dict[str, Any] | None = None
     async with client.stream("GET", f"/v1/jobs/{job_id}/events") as events:
-        _expect(events.status_code == 200, f"the events stream answered {events.status_code}")
+        expect(events.status_code == 200, f"the events stream answered {events.status_code}")
         async for line in events.aiter_lines():
             if line.startswith("event:"):
                 event = line[len("event:") :].strip()
             elif line.startswith("data:") and event == "status":
                 final = orjson.loads(line[len("data:") :])
-    _expect(final is not None, f"job {job_id}: the events stream ended without a status")
+    expect(final is not None, f"job {job_id}: the events stream ended without a status")
     assert final is not None
     return job_id, str(final["status"])
 
@@ -507,17 +491,17 @@ async def _troupe_jobs(store: StoreName, answer: Answer, notes: Notes, m: int) -
                 nursery.start_soon(worker)
         elapsed = time.perf_counter() - start
 
-        _expect(len(statuses) == m, f"{len(statuses)} of {m} jobs ran")
+        expect(len(statuses) == m, f"{len(statuses)} of {m} jobs ran")
         unfinished = {s for s in statuses.values() if s != "complete"}
-        _expect(not unfinished, f"jobs ended {sorted(unfinished)}, not complete")
+        expect(not unfinished, f"jobs ended {sorted(unfinished)}, not complete")
         listed = (await client.get("/v1/jobs", params={"status": "complete"})).json()["jobs"]
-        _expect(len(listed) == m, f"the server lists {len(listed)} of {m} jobs complete")
+        expect(len(listed) == m, f"the server lists {len(listed)} of {m} jobs complete")
         for job in listed:
-            _expect(
+            expect(
                 job["last_seq"] == answer.deltas and job["chunks_received"] == answer.deltas,
                 f"job {job['id']} stored {job['chunks_received']} of {answer.deltas} deltas",
             )
-            _expect(job["content_length"] == len(answer.content), f"job {job['id']} is truncated")
+            expect(job["content_length"] == len(answer.content), f"job {job['id']} is truncated")
     notes["deltas_per_job"] = answer.deltas
     return elapsed
 
@@ -570,18 +554,12 @@ class SoloResult:
         }
 
 
-def _measure(timed: Timed, n: int) -> float:
-    # Garbage left by the previous run must not be collected on this one's clock.
-    gc.collect()
-    return timed(n)
-
-
 def run_solo(bench: SoloBenchmark, repeats: int = REPEATS) -> SoloResult:
     """Warm up, then time ``repeats`` runs; blocks. Raises :class:`BenchmarkError`
     if a run did not do its work."""
     side = bench.side
-    _measure(side.timed, max(1, side.n // WARMUP_FRACTION))
-    seconds = tuple(_measure(side.timed, side.n) for _ in range(repeats))
+    measure(side.timed, max(1, side.n // WARMUP_FRACTION))
+    seconds = tuple(measure(side.timed, side.n) for _ in range(repeats))
     return SoloResult(bench.name, bench.unit, side.label, side.n, seconds, bench.deltas_per_op)
 
 
@@ -614,7 +592,7 @@ def comparisons(answer: Answer, scale: int = 1) -> list[Comparison]:
             "write/s",
             Side(
                 "troupe append_deltas, group commit",
-                _under_trio(functools.partial(_troupe_group_commit, troupe_notes)),
+                under_trio(functools.partial(_troupe_group_commit, troupe_notes)),
                 writes,
             ),
             Side(label, functools.partial(_sqlite_commit_per_write, write, baseline_notes), writes),
@@ -628,12 +606,12 @@ def comparisons(answer: Answer, scale: int = 1) -> list[Comparison]:
         "req/s",
         Side(
             "troupe server",
-            _under_trio(functools.partial(_troupe_get_job, troupe_notes)),
+            under_trio(functools.partial(_troupe_get_job, troupe_notes)),
             requests,
         ),
         Side(
             "hypercorn + Starlette, one JSON route",
-            _under_trio(functools.partial(_bare_get_job, _sample_body(answer), baseline_notes)),
+            under_trio(functools.partial(_bare_get_job, _sample_body(answer), baseline_notes)),
             requests,
         ),
         target=None,
@@ -649,7 +627,7 @@ def solo_benchmarks(answer: Answer, scale: int = 1) -> list[tuple[SoloBenchmark,
     store: StoreName
     for store in ("sqlite", "memory"):
         notes: Notes = {}
-        timed = _under_trio(functools.partial(_troupe_jobs, store, answer, notes))
+        timed = under_trio(functools.partial(_troupe_jobs, store, answer, notes))
         found.append(
             (
                 SoloBenchmark(
@@ -664,10 +642,6 @@ def solo_benchmarks(answer: Answer, scale: int = 1) -> list[tuple[SoloBenchmark,
     return found
 
 
-def _rate(value: float) -> str:
-    return f"{value:,.0f}"
-
-
 def solo_table(results: list[SoloResult]) -> Table:
     """The end-to-end results as a table: jobs/s, deltas stored/s and the time per delta."""
     table = Table(title=f"troupe service end to end, best of {REPEATS} repeats")
@@ -678,19 +652,11 @@ def solo_table(results: list[SoloResult]) -> Table:
     for result in results:
         table.add_row(
             f"{result.name}\n[dim]{result.deltas_per_op} deltas per job[/]",
-            f"{_rate(result.rate)} {result.unit}\n[dim]n={result.n:,}[/]",
-            f"{_rate(result.delta_rate)} delta/s",
+            f"{rate(result.rate)} {result.unit}\n[dim]n={result.n:,}[/]",
+            f"{rate(result.delta_rate)} delta/s",
             f"{1e6 / result.delta_rate:,.0f} us",
         )
     return table
-
-
-def _service_machine() -> dict[str, Any]:
-    info = machine()
-    for package in ("hypercorn", "starlette", "httpx"):
-        info[package] = importlib.metadata.version(package)
-    info["sqlite"] = sqlite3.sqlite_version
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -703,21 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning")
 
     console = Console()
-    info = _service_machine()
-    console.print(
-        f"machine: {info['cores']} cores, {info['cpu']}, {info['platform']}",
-        markup=False,
-        highlight=False,
-    )
-    console.print(
-        f"python: {info['implementation']} {info['python']}, trio {info['trio']}, "
-        f"hypercorn {info['hypercorn']}, starlette {info['starlette']}, "
-        f"httpx {info['httpx']}, SQLite {info['sqlite']}",
-        markup=False,
-        highlight=False,
-    )
-    if info["load_average"] is not None:
-        console.print(f"load average: {' '.join(f'{x:.2f}' for x in info['load_average'])}")
+    info = machine(PACKAGES)
+    info["sqlite"] = sqlite3.sqlite_version
+    print_machine(console, info, PACKAGES)
+    console.print(f"SQLite {info['sqlite']}", highlight=False)
     if args.quick:
         console.print("[yellow]quick run: small amounts of work, the ratios are indicative[/]")
 
@@ -743,9 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         solo_results.append(run_solo(solo))
 
-    table = results_table(results)
-    table.title = f"troupe service, best of {REPEATS} repeats"
-    console.print(table)
+    console.print(results_table(results, "troupe service"))
     console.print(solo_table(solo_results))
     group_commit, http = compared[0], compared[-1]
     http_result = results[-1]

@@ -1,0 +1,245 @@
+"""What every troupe benchmark shares: sides, repeats, results and their table.
+
+Each benchmark times troupe and a baseline in the same process, warms both up
+on a tenth of the work, then runs them alternately ``REPEATS`` times; a side's
+rate is its best repeat. Compare the ratio, not the absolute rates.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import math
+import os
+import platform
+import statistics
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import attrs
+import trio
+from rich.console import Console
+from rich.table import Table
+
+__all__ = [
+    "REPEATS",
+    "WARMUP_FRACTION",
+    "Benchmark",
+    "BenchmarkError",
+    "BenchmarkResult",
+    "Side",
+    "SideResult",
+    "Timed",
+    "expect",
+    "machine",
+    "measure",
+    "print_machine",
+    "rate",
+    "results_table",
+    "run_benchmark",
+    "under_trio",
+]
+
+REPEATS = 3
+WARMUP_FRACTION = 10
+
+# A timed function does ``n`` operations and returns the seconds they took.
+Timed = Callable[[int], float]
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark did not do the work it claims to have measured."""
+
+
+def expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise BenchmarkError(what)
+
+
+def under_trio(fn: Callable[[int], Awaitable[float]]) -> Timed:
+    """``fn`` run by a fresh ``trio.run``, so no state leaks from one repeat to the next."""
+
+    def timed(n: int) -> float:
+        elapsed: float = trio.run(fn, n)
+        return elapsed
+
+    return timed
+
+
+@attrs.frozen
+class Side:
+    """One side of a comparison: a label, its timed function and its amount of work."""
+
+    label: str
+    timed: Timed
+    n: int
+
+
+@attrs.frozen
+class Benchmark:
+    """A troupe measurement and its baseline; ``unit`` names what is counted per second."""
+
+    name: str
+    unit: str
+    troupe: Side
+    baseline: Side
+    target: float | None
+
+
+@attrs.frozen
+class SideResult:
+    label: str
+    n: int
+    seconds: tuple[float, ...]
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def rate(self) -> float:
+        """Operations per second in the best repeat."""
+        return self.n / self.best if self.best > 0 else math.inf
+
+
+@attrs.frozen
+class BenchmarkResult:
+    name: str
+    unit: str
+    troupe: SideResult
+    baseline: SideResult
+    target: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.troupe.rate / self.baseline.rate
+
+    @property
+    def verdict(self) -> str:
+        """``PASS`` or ``MISS`` against the target; ``-`` when there is none."""
+        if self.target is None:
+            return "-"
+        return "PASS" if self.ratio >= self.target else "MISS"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "troupe": _side_json(self.troupe),
+            "baseline": _side_json(self.baseline),
+            "ratio": self.ratio,
+            "target": self.target,
+            "verdict": self.verdict,
+        }
+
+
+def _side_json(side: SideResult) -> dict[str, Any]:
+    return {
+        "label": side.label,
+        "n": side.n,
+        "seconds": list(side.seconds),
+        "best_seconds": side.best,
+        "median_seconds": side.median,
+        "rate": side.rate,
+    }
+
+
+def measure(timed: Timed, n: int) -> float:
+    # Garbage left by the previous run must not be collected on this one's clock.
+    gc.collect()
+    return timed(n)
+
+
+def run_benchmark(bench: Benchmark, repeats: int = REPEATS) -> BenchmarkResult:
+    """Warm up both sides, then time ``repeats`` alternating runs of each.
+
+    Blocks for the whole run. Raises :class:`BenchmarkError` if a side did
+    not do its work.
+    """
+    sides = (bench.troupe, bench.baseline)
+    for side in sides:
+        measure(side.timed, max(1, side.n // WARMUP_FRACTION))
+    samples: dict[str, list[float]] = {side.label: [] for side in sides}
+    for _ in range(repeats):
+        for side in sides:
+            samples[side.label].append(measure(side.timed, side.n))
+    return BenchmarkResult(
+        bench.name,
+        bench.unit,
+        SideResult(bench.troupe.label, bench.troupe.n, tuple(samples[bench.troupe.label])),
+        SideResult(bench.baseline.label, bench.baseline.n, tuple(samples[bench.baseline.label])),
+        bench.target,
+    )
+
+
+def machine(packages: Iterable[str] = ()) -> dict[str, Any]:
+    """What the figures were measured on, with the versions of ``packages``."""
+    info = {
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "trio": trio.__version__,
+        # Other work on the machine skews absolute rates more than ratios.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    for package in packages:
+        info[package] = importlib.metadata.version(package)
+    return info
+
+
+def print_machine(console: Console, info: dict[str, Any], packages: Iterable[str]) -> None:
+    """Print what :func:`machine` found."""
+    versions = ", ".join(f"{package} {info[package]}" for package in packages)
+    console.print(
+        f"machine: {info['cores']} cores, {info['cpu']}, {info['platform']}",
+        markup=False,
+        highlight=False,
+    )
+    console.print(
+        f"python: {info['implementation']} {info['python']}, trio {info['trio']}, {versions}",
+        markup=False,
+        highlight=False,
+    )
+    if info["load_average"] is not None:
+        console.print(f"load average: {' '.join(f'{x:.2f}' for x in info['load_average'])}")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def results_table(results: list[BenchmarkResult], title: str) -> Table:
+    """The results as a table: each rate with its unit and its amount of work."""
+    table = Table(title=f"{title}, best of {REPEATS} repeats")
+    table.add_column("benchmark / baseline")
+    table.add_column("troupe", justify="right")
+    table.add_column("baseline", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("target", justify="right")
+    for result in results:
+        verdict = {"PASS": " [green]PASS[/]", "MISS": " [red]MISS[/]"}.get(result.verdict, "")
+        table.add_row(
+            f"{result.name}\n[dim]vs {result.baseline.label}[/]",
+            f"{rate(result.troupe.rate)} {result.unit}\n[dim]n={result.troupe.n:,}[/]",
+            f"{rate(result.baseline.rate)} {result.unit}\n[dim]n={result.baseline.n:,}[/]",
+            f"{result.ratio:.2f}x",
+            ("-" if result.target is None else f">= {result.target:g}x") + verdict,
+        )
+    return table

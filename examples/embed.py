@@ -24,6 +24,16 @@ from actors import (
 from actors.logs import configure_logging
 
 
+def chat(prompt: str, n: int) -> ChatRequest:
+    """A one-message chat in thread ``thread-<n>``."""
+    return ChatRequest(
+        model="simulated",
+        messages=[{"role": "user", "content": prompt}],
+        thread_id=f"thread-{n}",
+        message_id=f"message-{n}",
+    )
+
+
 async def main() -> None:
     configure_logging("warning", json=False)
     with tempfile.TemporaryDirectory() as data_dir:
@@ -33,15 +43,7 @@ async def main() -> None:
         async with open_service(config) as service:
             me = Owner(user_id="ada", workspace_id="analytical-engine")
 
-            job = await service.start_job(
-                me,
-                ChatRequest(
-                    model="simulated",
-                    messages=[{"role": "user", "content": "Tell me about actors."}],
-                    thread_id="thread-1",
-                    message_id="message-1",
-                ),
-            )
+            job = await service.start_job(me, chat("Tell me about actors.", 1))
             print(f"started job {job.id}")
             async with service.follow(me, job.id) as events:
                 async for event in events:
@@ -52,15 +54,7 @@ async def main() -> None:
                     elif isinstance(event, StatusEvent):
                         print(f"\n[{event.status.value}] after {event.last_seq} deltas")
 
-            other = await service.start_job(
-                me,
-                ChatRequest(
-                    model="simulated",
-                    messages=[{"role": "user", "content": "Never mind."}],
-                    thread_id="thread-2",
-                    message_id="message-2",
-                ),
-            )
+            other = await service.start_job(me, chat("Never mind.", 2))
             aborted = await service.abort_job(me, other.id)
             view = await service.get_job(me, other.id)
             assert view is not None
@@ -68,21 +62,12 @@ async def main() -> None:
 
             # The first job was being followed when it finished, so it did not
             # notify; this one runs unwatched and does.
-            third = await service.start_job(
-                me,
-                ChatRequest(
-                    model="simulated",
-                    messages=[{"role": "user", "content": "Ping me when done."}],
-                    thread_id="thread-3",
-                    message_id="message-3",
-                ),
-            )
-            async for notification in service.follow_notifications(me):
+            async with service.follow_notifications(me) as notifications:
+                await service.start_job(me, chat("Ping me when done.", 3))
+                notification = await anext(notifications)
                 print(f"notification: {notification.title}: {notification.body}")
-                break
             for notification in await service.list_notifications(me):
                 print(f"- {notification.type.value} for job {notification.job_id}")
-            assert (await service.get_job(me, third.id)) is not None
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from actors.http.app import ShutdownSignal, build_app
+from actors.http.app import build_app
 from actors.http.auth import TokenAuthority
+from actors.http.events import ShutdownSignal
 from actors.service import Service
 from runtime import Actor
 

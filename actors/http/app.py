@@ -10,27 +10,22 @@ an embedding trio program. Routes:
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import cattrs
 import orjson
 import structlog
-import trio
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.api import ChatRequest, DeltaEvent, JobEvent, SnapshotEvent, StatusEvent
-from actors.errors import JobNotFound, ServerBusy, TooManyJobs, UserKeyNotAllowed
-from actors.following import Follower, JobFollower, NotificationFollower
+from actors.api import ChatRequest
+from actors.errors import ServerBusy, TooManyJobs, UserKeyNotAllowed
 from actors.http.auth import AuthError, Principal, TokenAuthority
 from actors.http.errors import (
     ApiError,
@@ -38,7 +33,14 @@ from actors.http.errors import (
     http_exception_handler,
     internal_error_handler,
 )
+from actors.http.events import (
+    ShutdownSignal,
+    foreground_stream,
+    job_stream,
+    notification_stream,
+)
 from actors.http.openapi import openapi_document
+from actors.http.request_context import RequestContext
 from actors.http.schemas import (
     MAX_QUERY_INT,
     ChatMessage,
@@ -49,104 +51,25 @@ from actors.http.schemas import (
     check_messages,
     check_params,
     check_text,
-    delta_json,
     job_json,
     notification_json,
     seed_status_json,
-    status_json,
     structure_body,
 )
-from actors.model import JobStatus, Notification
+from actors.model import JobStatus
 from actors.service import Service
 from runtime import codec
 
-__all__ = ["ShutdownSignal", "build_app"]
+__all__ = ["build_app"]
 
 log = structlog.get_logger("troupe.http")
 
 USER_KEY_HEADER = "x-upstream-api-key"
-E = TypeVar("E")
 
 SEED_NOT_FOUND = "Job not found or unauthorized"
 SEED_NOT_ABORTED = "Job not found, unauthorized, or already complete"
-# Bound on the shielded last send of a response (see _RequestContext).
-_LAST_SEND_TIMEOUT = 5.0
 # The spellings of a true or false query flag (``?unread=1``).
 FLAG_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-
-
-class ShutdownSignal:
-    """Ends every open event stream with a final ``shutdown`` event.
-
-    Hypercorn waits for open connections before it finishes shutting down,
-    so the server triggers this first.
-    """
-
-    def __init__(self) -> None:
-        self.triggered = False
-        self._scopes: set[trio.CancelScope] = set()
-
-    def trigger(self) -> None:
-        self.triggered = True
-        for scope in self._scopes:
-            scope.cancel()
-
-    async def run_until_triggered(self, fn: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
-        """``(True, fn())``, or ``(False, None)`` if the signal came first."""
-        if self.triggered:
-            return False, None
-        with trio.CancelScope() as scope:
-            self._scopes.add(scope)
-            try:
-                return True, await fn()
-            finally:
-                self._scopes.discard(scope)
-        return False, None
-
-
-class _RequestContext:
-    """Pure ASGI middleware: a request id in the logs and the response, and an access log line."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming[:64] if incoming else uuid.uuid4().hex
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                # Hypercorn ends the connection's keep-alive cycle (or closes it, once
-                # shutting down) inside this last send. sse-starlette cancels its task
-                # group as soon as that send wakes its disconnect listener, which would cut
-                # the close short and leave the connection open for the whole grace time.
-                with trio.CancelScope(
-                    deadline=trio.current_time() + _LAST_SEND_TIMEOUT, shield=True
-                ):
-                    await send(message)
-                return
-            await send(message)
-
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                log.info(
-                    "request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    ms=round((time.perf_counter() - started) * 1000, 1),
-                )
 
 
 def build_app(
@@ -270,7 +193,7 @@ def build_app(
             raise ApiError(404, "not_found", "no such job")
         follower = service.follow(who.owner, job_id, after)
         return EventSourceResponse(
-            _job_stream(follower, shutdown),
+            job_stream(follower, shutdown),
             ping=keepalive,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -304,7 +227,7 @@ def build_app(
         who = principal(request)
         follower = service.follow_notifications(who.owner)
         return EventSourceResponse(
-            _notification_stream(follower, shutdown),
+            notification_stream(follower, shutdown),
             ping=keepalive,
             headers={"Cache-Control": "no-store"},
         )
@@ -400,7 +323,7 @@ def build_app(
         if background:
             return JSONResponse({"jobId": job.id, "status": "streaming"})
         return EventSourceResponse(
-            _foreground_stream(service.follow(who.owner, job.id), shutdown, model),
+            foreground_stream(service.follow(who.owner, job.id), shutdown, model),
             ping=keepalive,
             headers={"X-Job-Id": job.id, "Cache-Control": "no-store"},
         )
@@ -452,7 +375,7 @@ def build_app(
             Exception: internal_error_handler,
         },
     )
-    app.add_middleware(_RequestContext)
+    app.add_middleware(RequestContext)
     return app
 
 
@@ -529,130 +452,3 @@ def _resume_point(request: Request) -> int | None:
     if value is None:
         raise ApiError(422, "invalid_request", "Last-Event-ID / after: must be a delta seq")
     return value
-
-
-class _SseStream(Generic[E]):
-    """A follower's events rendered as SSE, until it ends or the server shuts down.
-
-    ``render`` may return None to skip an event. On shutdown the stream ends
-    with ``farewell()``. A client disconnect only closes the follower: the
-    job goes on.
-    """
-
-    def __init__(
-        self,
-        follower: Follower[E],
-        shutdown: ShutdownSignal,
-        render: Callable[[E], ServerSentEvent | None],
-        farewell: Callable[[], ServerSentEvent],
-    ) -> None:
-        self._follower = follower
-        self._shutdown = shutdown
-        self._render = render
-        self._farewell = farewell
-        self._finished = False
-
-    def __aiter__(self) -> _SseStream[E]:
-        return self
-
-    async def __anext__(self) -> ServerSentEvent:
-        while not self._finished:
-            try:
-                got, event = await self._shutdown.run_until_triggered(self._follower.__anext__)
-            except (StopAsyncIteration, JobNotFound):
-                break  # JobNotFound: deleted by retention since the route checked it
-            except BaseException:
-                self._follower.close()
-                raise
-            if not got:
-                self._finished = True
-                self._follower.close()
-                return self._farewell()
-            rendered = self._render(event)
-            if rendered is not None:
-                return rendered
-        self._finished = True
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        self._follower.close()
-        await trio.lowlevel.checkpoint()
-
-
-def _job_stream(follower: JobFollower, shutdown: ShutdownSignal) -> _SseStream[JobEvent]:
-    """``snapshot``, ``delta`` (``id:`` = seq) and ``status`` events."""
-
-    def farewell() -> ServerSentEvent:
-        return _sse(
-            "shutdown",
-            {
-                "message": "server shutting down; resume with Last-Event-ID",
-                "last_seq": follower.last_seq,
-            },
-        )
-
-    return _SseStream(follower, shutdown, _job_sse, farewell)
-
-
-def _job_sse(event: JobEvent) -> ServerSentEvent:
-    if isinstance(event, DeltaEvent):
-        return ServerSentEvent(
-            data=orjson.dumps(delta_json(event)).decode(), event="delta", id=str(event.seq)
-        )
-    if isinstance(event, SnapshotEvent):
-        return _sse("snapshot", job_json(event.job))
-    assert isinstance(event, StatusEvent)
-    return _sse("status", status_json(event))
-
-
-def _sse(event: str, data: Any) -> ServerSentEvent:
-    return ServerSentEvent(data=orjson.dumps(data).decode(), event=event)
-
-
-def _notification_stream(
-    follower: NotificationFollower, shutdown: ShutdownSignal
-) -> _SseStream[Notification]:
-    return _SseStream(
-        follower,
-        shutdown,
-        lambda notification: _sse("notification", notification_json(notification)),
-        lambda: _sse("shutdown", {"message": "server shutting down"}),
-    )
-
-
-def _foreground_stream(
-    follower: JobFollower, shutdown: ShutdownSignal, model: str
-) -> _SseStream[JobEvent]:
-    """The seed's foreground path: the job's deltas as OpenAI chat-completion chunks.
-
-    The job is recorded like any other, so a client that loses the stream can
-    find it by the ``X-Job-Id`` header; a disconnect does not abort it.
-    """
-    chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
-
-    def chunk(delta: dict[str, Any], error: str | None = None) -> ServerSentEvent:
-        body: dict[str, Any] = {
-            "id": chunk_id,
-            "object": "chat.completion.chunk",
-            "model": model,
-            "choices": [
-                {"index": 0, "delta": delta, "finish_reason": None if error is None else "error"}
-            ],
-        }
-        if error is not None:
-            body["error"] = {"code": "job_failed", "message": error}
-        return ServerSentEvent(data=orjson.dumps(body).decode())
-
-    def render(event: JobEvent) -> ServerSentEvent | None:
-        if isinstance(event, DeltaEvent):
-            delta = {"content": event.content}
-            if event.reasoning:
-                delta["reasoning"] = event.reasoning
-            return chunk(delta)
-        if isinstance(event, StatusEvent):
-            if event.status is JobStatus.COMPLETE:
-                return ServerSentEvent(data="[DONE]")
-            return chunk({}, error=event.error or event.status.value)
-        return None
-
-    return _SseStream(follower, shutdown, render, lambda: chunk({}, "server shutting down"))

@@ -9,8 +9,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
-from actors.http.app import ShutdownSignal, build_app
+from actors.http.app import build_app
 from actors.http.auth import TokenAuthority
+from actors.http.events import ShutdownSignal
 from actors.service import open_service
 from tests.fake_upstream import FakeUpstream, Script
 from tests.http.conftest import (

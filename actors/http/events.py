@@ -1,0 +1,183 @@
+"""Server-Sent Event streams of a follower, ended by the server's shutdown.
+
+Rendering uses sse-starlette's :class:`ServerSentEvent`; these iterators are
+the bodies of its ``EventSourceResponse``. They are classes rather than async
+generators so that cancellation (a client disconnect) never leaves a
+generator suspended inside a cancel scope.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import orjson
+import trio
+from sse_starlette import ServerSentEvent
+
+from actors.api import DeltaEvent, JobEvent, SnapshotEvent, StatusEvent
+from actors.errors import JobNotFound
+from actors.following import Follower, JobFollower, NotificationFollower
+from actors.http.schemas import delta_json, job_json, notification_json, status_json
+from actors.model import JobStatus, Notification
+
+__all__ = ["ShutdownSignal", "foreground_stream", "job_stream", "notification_stream"]
+
+E = TypeVar("E")
+
+
+class ShutdownSignal:
+    """Ends every open event stream with a final ``shutdown`` event.
+
+    Hypercorn waits for open connections before it finishes shutting down,
+    so the server triggers this first.
+    """
+
+    def __init__(self) -> None:
+        self.triggered = False
+        self._scopes: set[trio.CancelScope] = set()
+
+    def trigger(self) -> None:
+        self.triggered = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    async def run_until_triggered(self, fn: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """``(True, fn())``, or ``(False, None)`` if the signal came first."""
+        if self.triggered:
+            return False, None
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                return True, await fn()
+            finally:
+                self._scopes.discard(scope)
+        return False, None
+
+
+class _SseStream(Generic[E]):
+    """A follower's events rendered as SSE, until it ends or the server shuts down.
+
+    ``render`` may return None to skip an event. On shutdown the stream ends
+    with ``farewell()``. A client disconnect only closes the follower: the
+    job goes on.
+    """
+
+    def __init__(
+        self,
+        follower: Follower[E],
+        shutdown: ShutdownSignal,
+        render: Callable[[E], ServerSentEvent | None],
+        farewell: Callable[[], ServerSentEvent],
+    ) -> None:
+        self._follower = follower
+        self._shutdown = shutdown
+        self._render = render
+        self._farewell = farewell
+        self._finished = False
+
+    def __aiter__(self) -> _SseStream[E]:
+        return self
+
+    async def __anext__(self) -> ServerSentEvent:
+        while not self._finished:
+            try:
+                got, event = await self._shutdown.run_until_triggered(self._follower.__anext__)
+            except (StopAsyncIteration, JobNotFound):
+                break  # JobNotFound: deleted by retention since the route checked it
+            except BaseException:
+                self._follower.close()
+                raise
+            if not got:
+                self._finished = True
+                self._follower.close()
+                return self._farewell()
+            rendered = self._render(event)
+            if rendered is not None:
+                return rendered
+        self._finished = True
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._follower.close()
+        await trio.lowlevel.checkpoint()
+
+
+def job_stream(follower: JobFollower, shutdown: ShutdownSignal) -> _SseStream[JobEvent]:
+    """``snapshot``, ``delta`` (``id:`` = seq) and ``status`` events."""
+
+    def farewell() -> ServerSentEvent:
+        return _sse(
+            "shutdown",
+            {
+                "message": "server shutting down; resume with Last-Event-ID",
+                "last_seq": follower.last_seq,
+            },
+        )
+
+    return _SseStream(follower, shutdown, _job_sse, farewell)
+
+
+def _job_sse(event: JobEvent) -> ServerSentEvent:
+    if isinstance(event, DeltaEvent):
+        return ServerSentEvent(
+            data=orjson.dumps(delta_json(event)).decode(), event="delta", id=str(event.seq)
+        )
+    if isinstance(event, SnapshotEvent):
+        return _sse("snapshot", job_json(event.job))
+    assert isinstance(event, StatusEvent)
+    return _sse("status", status_json(event))
+
+
+def _sse(event: str, data: Any) -> ServerSentEvent:
+    return ServerSentEvent(data=orjson.dumps(data).decode(), event=event)
+
+
+def notification_stream(
+    follower: NotificationFollower, shutdown: ShutdownSignal
+) -> _SseStream[Notification]:
+    return _SseStream(
+        follower,
+        shutdown,
+        lambda notification: _sse("notification", notification_json(notification)),
+        lambda: _sse("shutdown", {"message": "server shutting down"}),
+    )
+
+
+def foreground_stream(
+    follower: JobFollower, shutdown: ShutdownSignal, model: str
+) -> _SseStream[JobEvent]:
+    """The seed's foreground path: the job's deltas as OpenAI chat-completion chunks.
+
+    The job is recorded like any other, so a client that loses the stream can
+    find it by the ``X-Job-Id`` header; a disconnect does not abort it.
+    """
+    chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+    def chunk(delta: dict[str, Any], error: str | None = None) -> ServerSentEvent:
+        body: dict[str, Any] = {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [
+                {"index": 0, "delta": delta, "finish_reason": None if error is None else "error"}
+            ],
+        }
+        if error is not None:
+            body["error"] = {"code": "job_failed", "message": error}
+        return ServerSentEvent(data=orjson.dumps(body).decode())
+
+    def render(event: JobEvent) -> ServerSentEvent | None:
+        if isinstance(event, DeltaEvent):
+            delta = {"content": event.content}
+            if event.reasoning:
+                delta["reasoning"] = event.reasoning
+            return chunk(delta)
+        if isinstance(event, StatusEvent):
+            if event.status is JobStatus.COMPLETE:
+                return ServerSentEvent(data="[DONE]")
+            return chunk({}, error=event.error or event.status.value)
+        return None
+
+    return _SseStream(follower, shutdown, render, lambda: chunk({}, "server shutting down"))

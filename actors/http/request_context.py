@@ -1,0 +1,62 @@
+"""Pure ASGI middleware: a request id in the logs and the response, and an access log line."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+import trio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["RequestContext"]
+
+log = structlog.get_logger("troupe.http")
+
+# Bound on the shielded last send of a response (see RequestContext).
+_LAST_SEND_TIMEOUT = 5.0
+
+
+class RequestContext:
+    """Pure ASGI middleware: a request id in the logs and the response, and an access log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming[:64] if incoming else uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Hypercorn ends the connection's keep-alive cycle (or closes it, once
+                # shutting down) inside this last send. sse-starlette cancels its task
+                # group as soon as that send wakes its disconnect listener, which would cut
+                # the close short and leave the connection open for the whole grace time.
+                with trio.CancelScope(
+                    deadline=trio.current_time() + _LAST_SEND_TIMEOUT, shield=True
+                ):
+                    await send(message)
+                return
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )

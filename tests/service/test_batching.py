@@ -9,12 +9,12 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from actors import ChatRequest, JobStatus, Owner, ServiceConfig, open_service
+from actors import JobStatus, open_service
 from actors.model import Delta
 from actors.stores import MemoryStore
 from actors.upstream import StreamOpened, StreamResult, TextDelta, UpstreamEvent, UpstreamRequest
+from tests.service.kit import ALICE, chat, config
 
-OWNER = Owner("alice", "ws-1")
 BURST = 10
 MAX_BATCH = 4
 INTERVAL = 0.05
@@ -55,24 +55,14 @@ async def test_deltas_are_stored_in_batches_bounded_by_size_and_time(
 
     monkeypatch.setattr(MemoryStore, "append_deltas", recording_append)
     upstream = BurstThenPauseUpstream()
-    config = ServiceConfig(
-        store="memory", data_dir=tmp_path, flush_max_deltas=MAX_BATCH, flush_interval=INTERVAL
-    )
-    async with open_service(config, upstream=upstream) as service:
-        job = await service.start_job(
-            OWNER,
-            ChatRequest(
-                model="m",
-                messages=[{"role": "user", "content": "hi"}],
-                thread_id="t",
-                message_id="m",
-            ),
-        )
+    settings = config(tmp_path, flush_max_deltas=MAX_BATCH, flush_interval=INTERVAL)
+    async with open_service(settings, upstream=upstream) as service:
+        job = await service.start_job(ALICE, chat())
         with trio.fail_after(10):
-            async with service.follow(OWNER, job.id) as events:
+            async with service.follow(ALICE, job.id) as events:
                 async for _event in events:
                     pass
-        view = await service.get_job(OWNER, job.id)
+        view = await service.get_job(ALICE, job.id)
 
     assert view is not None
     assert view.status is JobStatus.COMPLETE

@@ -27,7 +27,7 @@ from actors.api import ChatRequest
 from actors.errors import ServerBusy, TooManyJobs
 from actors.model import Job, JobStatus, Owner
 from actors.service import Service, open_service
-from tests.service.conftest import MemoryConfig, OpenSimulatedService, SilentUpstream
+from tests.service.kit import HangingUpstream, MemoryConfig, OpenSimulatedService, chat, restarts
 
 _requests = itertools.count(1)
 
@@ -35,13 +35,9 @@ Outcome = Job | ServerBusy | TooManyJobs
 
 
 def chat_request() -> ChatRequest:
+    """A request in a thread of its own."""
     n = next(_requests)
-    return ChatRequest(
-        model="test/model",
-        messages=[{"role": "user", "content": "count to fifty"}],
-        thread_id=f"thread-{n}",
-        message_id=f"message-{n}",
-    )
+    return chat("test/model", thread_id=f"thread-{n}", message_id=f"message-{n}")
 
 
 async def start_all(
@@ -85,12 +81,6 @@ async def running_jobs(service: Service, owners: set[Owner]) -> int:
     return count
 
 
-def registry_restarts(service: Service) -> int:
-    registry = service.snapshot().find("service/registry")
-    assert registry is not None
-    return registry.restarts
-
-
 def stream_count(service: Service) -> int:
     streams = service.snapshot().find("service/streams")
     assert streams is not None
@@ -103,14 +93,14 @@ async def test_global_cap_admits_exactly_k_of_many_concurrent_starts(
     owners = [Owner(f"user-{i}", "w1") for i in range(4)]
     callers = [owners[i % 4] for i in range(16)]
     config = memory_config(max_concurrent_jobs=5, max_jobs_per_user=16)
-    async with open_service(config, upstream=SilentUpstream()) as service:
+    async with open_service(config, upstream=HangingUpstream()) as service:
         outcomes = await start_all(service, callers)
 
         assert len(admitted(outcomes)) == 5
         assert refused(outcomes, ServerBusy) == 11
         assert await running_jobs(service, set(owners)) == 5
         assert stream_count(service) == 5
-        assert registry_restarts(service) == 0, "a refusal must not crash the registry"
+        assert restarts(service, "service/registry") == 0, "a refusal must not crash the registry"
 
 
 async def test_per_user_cap_is_exact_and_spans_workspaces(
@@ -118,14 +108,14 @@ async def test_per_user_cap_is_exact_and_spans_workspaces(
 ) -> None:
     ann_w1, ann_w2, ben = Owner("ann", "w1"), Owner("ann", "w2"), Owner("ben", "w1")
     config = memory_config(max_concurrent_jobs=20, max_jobs_per_user=2)
-    async with open_service(config, upstream=SilentUpstream()) as service:
+    async with open_service(config, upstream=HangingUpstream()) as service:
         outcomes = await start_all(service, [ann_w1] * 4 + [ann_w2] * 4 + [ben] * 3)
 
         by_user = collections.Counter(job.user_id for job in admitted(outcomes))
         assert by_user == {"ann": 2, "ben": 2}
         assert refused(outcomes, TooManyJobs) == 7
         assert refused(outcomes, ServerBusy) == 0
-        assert registry_restarts(service) == 0
+        assert restarts(service, "service/registry") == 0
 
         # Another workspace does not lift the cap: ann is at it in both.
         for owner in (ann_w1, ann_w2):
@@ -158,7 +148,7 @@ async def test_caps_are_exact_under_any_arrival_order(
         label="delays",
     )
     config = memory_config(max_concurrent_jobs=cap, max_jobs_per_user=per_user)
-    async with open_service(config, upstream=SilentUpstream()) as service:
+    async with open_service(config, upstream=HangingUpstream()) as service:
         outcomes = await start_all(service, callers, shuffle)
 
         calls_per_user = collections.Counter(owner.user_id for owner in callers)
@@ -180,7 +170,7 @@ async def test_caps_are_exact_under_any_arrival_order(
                 assert outcome.owner == owner
         assert await running_jobs(service, set(owners)) == len(jobs)
         assert stream_count(service) == len(jobs)
-        assert registry_restarts(service) == 0
+        assert restarts(service, "service/registry") == 0
 
 
 async def test_finished_jobs_free_their_slots(
@@ -216,7 +206,7 @@ async def test_aborted_and_timed_out_jobs_free_their_slots(
     config = memory_config(
         max_concurrent_jobs=2, max_jobs_per_user=2, job_timeout=60.0, sweep_interval=1e9
     )
-    upstream = SilentUpstream()
+    upstream = HangingUpstream()
     async with open_service(config, upstream=upstream) as service:
         first = await service.start_job(ann, chat_request())
         await service.start_job(ann, chat_request())
@@ -266,7 +256,7 @@ async def test_a_draining_service_refuses_new_jobs(
             assert view is not None and view.status is JobStatus.COMPLETE
         with pytest.raises(ServerBusy):
             await service.start_job(ben, chat_request())
-        assert registry_restarts(service) == 0
+        assert restarts(service, "service/registry") == 0
 
 
 async def test_drain_interrupts_jobs_that_outlast_it(
@@ -274,7 +264,7 @@ async def test_drain_interrupts_jobs_that_outlast_it(
 ) -> None:
     ann = Owner("ann", "w1")
     config = memory_config(max_concurrent_jobs=3, max_jobs_per_user=3)
-    async with open_service(config, upstream=SilentUpstream()) as service:
+    async with open_service(config, upstream=HangingUpstream()) as service:
         jobs = admitted(await start_all(service, [ann] * 3))
         assert await service.drain(timeout=5.0) == 3
         for job in jobs:

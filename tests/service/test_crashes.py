@@ -10,13 +10,10 @@ import trio
 from trio.testing import MockClock
 
 from actors import (
-    ChatRequest,
     DeltaEvent,
     JobEvent,
     JobStatus,
-    JobView,
     Notification,
-    Owner,
     Service,
     ServiceConfig,
     StatusEvent,
@@ -24,18 +21,19 @@ from actors import (
 )
 from actors.model import NotificationType
 from actors.upstream import SimulatedUpstream, TextDelta, UpstreamEvent, UpstreamRequest
+from tests.service.kit import (
+    ALICE,
+    PROMPT,
+    chat,
+    config,
+    reached_seq,
+    restarts,
+    wait_finished,
+    wait_until,
+)
 
-ALICE = Owner("alice", "ws-1")
-PROMPT = "please survive a crash"
-
-
-def chat(message_id: str, thread_id: str = "thread-1") -> ChatRequest:
-    return ChatRequest(
-        model="m",
-        messages=[{"role": "user", "content": PROMPT}],
-        thread_id=thread_id,
-        message_id=message_id,
-    )
+# Virtual seconds on the mock clock: a wait never costs real time.
+WAIT = 120.0
 
 
 async def expected_answer() -> str:
@@ -51,20 +49,9 @@ async def expected_answer() -> str:
     return "".join(pieces)
 
 
-def config(tmp_path: Path) -> ServiceConfig:
-    return ServiceConfig(store="memory", data_dir=tmp_path, retention=3600.0, sweep_interval=1.0)
-
-
-async def wait_until_view(
-    service: Service, job_id: str, done: bool = False, min_seq: int = 0
-) -> JobView:
-    with trio.fail_after(120):
-        while True:
-            view = await service.get_job(ALICE, job_id)
-            assert view is not None
-            if (view.status.is_terminal or not done) and view.last_seq >= min_seq:
-                return view
-            await trio.sleep(0.01)
+def sweeping_config(tmp_path: Path) -> ServiceConfig:
+    """The memory store, sweeping every second and keeping finished jobs for an hour."""
+    return config(tmp_path, retention=3600.0, sweep_interval=1.0)
 
 
 async def crash(service: Service, path: str) -> None:
@@ -73,12 +60,6 @@ async def crash(service: Service, path: str) -> None:
     assert ref is not None, path
     await ref.tell(object())
     await trio.sleep(0.01)
-
-
-def restarts(service: Service, path: str) -> int:
-    node = service.snapshot().find(path)
-    assert node is not None, path
-    return node.restarts
 
 
 async def notifications_by_job(service: Service) -> dict[str, list[Notification]]:
@@ -95,28 +76,28 @@ async def test_a_crashed_actor_restarts_and_running_jobs_complete(
     autojump_clock: MockClock, tmp_path: Path, path: str
 ) -> None:
     answer = await expected_answer()
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
-        before = await service.start_job(ALICE, chat("before"))
-        before_view = await wait_until_view(service, before.id, done=True)
+    async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        before = await service.start_job(ALICE, chat(message_id="before"))
+        before_view = await wait_finished(service, before.id, timeout=WAIT)
         assert before_view.content == answer
         notified_before = await service.list_notifications(ALICE)
         assert [n.job_id for n in notified_before] == [before.id]
 
-        running = [await service.start_job(ALICE, chat(f"run-{i}")) for i in range(3)]
-        await wait_until_view(service, running[0].id, min_seq=10)
+        running = [await service.start_job(ALICE, chat(message_id=f"run-{i}")) for i in range(3)]
+        await wait_until(service, running[0].id, reached_seq(10), timeout=WAIT)
 
         await crash(service, path)
         assert restarts(service, path) == 1
         assert await service.ready()
 
         for job in running:
-            view = await wait_until_view(service, job.id, done=True)
+            view = await wait_finished(service, job.id, timeout=WAIT)
             assert view.status is JobStatus.COMPLETE
             assert view.content == answer
             assert view.chunks_received == view.last_seq
 
-        after = await service.start_job(ALICE, chat("after"))
-        after_view = await wait_until_view(service, after.id, done=True)
+        after = await service.start_job(ALICE, chat(message_id="after"))
+        after_view = await wait_finished(service, after.id, timeout=WAIT)
         assert after_view.status is JobStatus.COMPLETE
         assert after_view.content == answer
 
@@ -134,13 +115,13 @@ async def test_a_crashed_stream_ends_its_job_as_error_and_keeps_the_partial_cont
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     answer = await expected_answer()
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
-        victim = await service.start_job(ALICE, chat("victim"))
-        bystander = await service.start_job(ALICE, chat("bystander"))
-        await wait_until_view(service, victim.id, min_seq=10)
+    async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        victim = await service.start_job(ALICE, chat(message_id="victim"))
+        bystander = await service.start_job(ALICE, chat(message_id="bystander"))
+        await wait_until(service, victim.id, reached_seq(10), timeout=WAIT)
 
         await crash(service, f"service/streams/{victim.id}")
-        view = await wait_until_view(service, victim.id, done=True)
+        view = await wait_finished(service, victim.id, timeout=WAIT)
         assert view.status is JobStatus.ERROR
         assert view.error is not None and "stream stopped" in view.error
         assert len(view.content) > 0
@@ -152,12 +133,12 @@ async def test_a_crashed_stream_ends_its_job_as_error_and_keeps_the_partial_cont
         streams = service.snapshot().find("service/streams")
         assert streams is not None and streams.restarts == 0
 
-        other = await wait_until_view(service, bystander.id, done=True)
+        other = await wait_finished(service, bystander.id, timeout=WAIT)
         assert other.status is JobStatus.COMPLETE
         assert other.content == answer
 
-        after = await service.start_job(ALICE, chat("after"))
-        after_view = await wait_until_view(service, after.id, done=True)
+        after = await service.start_job(ALICE, chat(message_id="after"))
+        after_view = await wait_finished(service, after.id, timeout=WAIT)
         assert after_view.status is JobStatus.COMPLETE
 
         by_job = await notifications_by_job(service)
@@ -171,8 +152,8 @@ async def test_a_follower_sees_every_delta_once_across_a_registry_crash(
 ) -> None:
     answer = await expected_answer()
     events: list[JobEvent] = []
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
-        job = await service.start_job(ALICE, chat("followed"))
+    async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        job = await service.start_job(ALICE, chat(message_id="followed"))
         follower = service.follow(ALICE, job.id)
 
         async def follow() -> None:
@@ -181,10 +162,10 @@ async def test_a_follower_sees_every_delta_once_across_a_registry_crash(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(follow)
-            await wait_until_view(service, job.id, min_seq=10)
+            await wait_until(service, job.id, reached_seq(10), timeout=WAIT)
             await crash(service, "service/registry")
 
-        view = await wait_until_view(service, job.id, done=True)
+        view = await wait_finished(service, job.id, timeout=WAIT)
 
     assert follower.resubscriptions >= 1
     deltas = [e for e in events if isinstance(e, DeltaEvent)]
@@ -198,7 +179,7 @@ async def test_a_notification_follower_carries_on_across_a_notifier_crash(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     received: list[Notification] = []
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+    async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         follower = service.follow_notifications(ALICE)
 
         async def listen() -> None:
@@ -210,12 +191,12 @@ async def test_a_notification_follower_carries_on_across_a_notifier_crash(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(listen)
             await trio.sleep(0.01)
-            first = await service.start_job(ALICE, chat("first"))
-            await wait_until_view(service, first.id, done=True)
+            first = await service.start_job(ALICE, chat(message_id="first"))
+            await wait_finished(service, first.id, timeout=WAIT)
             await crash(service, "service/notifier")
             assert restarts(service, "service/notifier") == 1
-            second = await service.start_job(ALICE, chat("second"))
-            await wait_until_view(service, second.id, done=True)
+            second = await service.start_job(ALICE, chat(message_id="second"))
+            await wait_finished(service, second.id, timeout=WAIT)
         await follower.aclose()
 
     assert [n.job_id for n in received] == [first.id, second.id]
@@ -240,9 +221,9 @@ async def test_a_registry_crash_on_the_final_report_still_completes_the_job(
 
     monkeypatch.setattr(MemoryStore, "update_job", update_failing_once)
     answer = await expected_answer()
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(50)) as service:
-        job = await service.start_job(ALICE, chat("final-report"))
-        view = await wait_until_view(service, job.id, done=True)
+    async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(50)) as service:
+        job = await service.start_job(ALICE, chat(message_id="final-report"))
+        view = await wait_finished(service, job.id, timeout=WAIT)
         assert failures == [JobStatus.COMPLETE]
         assert restarts(service, "service/registry") == 1
         assert view.status is JobStatus.COMPLETE

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -12,53 +10,22 @@ import trio
 from trio.testing import MockClock
 
 from actors import (
-    ChatRequest,
     DeltaEvent,
     JobEvent,
     JobNotFound,
     JobStatus,
     JobView,
-    Owner,
     Service,
-    ServiceConfig,
     SnapshotEvent,
     StatusEvent,
     open_service,
 )
 from actors.following import JobFollower
 from actors.upstream import SimulatedUpstream
+from tests.service.kit import ALICE, BOB, chat, config, reached_seq, wait_finished, wait_until
 
-ALICE = Owner("alice", "ws-1")
-BOB = Owner("bob", "ws-1")
-
-
-def chat(thread_id: str = "thread-1", message_id: str = "msg-1") -> ChatRequest:
-    return ChatRequest(
-        model="m",
-        messages=[{"role": "user", "content": "follow me around"}],
-        thread_id=thread_id,
-        message_id=message_id,
-    )
-
-
-def config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
-    return ServiceConfig(store="memory", data_dir=tmp_path, flush_interval=0.05, **overrides)
-
-
-async def wait_until(
-    service: Service, job_id: str, predicate: Callable[[JobView], bool]
-) -> JobView:
-    with trio.fail_after(60):
-        while True:
-            view = await service.get_job(ALICE, job_id)
-            assert view is not None
-            if predicate(view):
-                return view
-            await trio.sleep(0.01)
-
-
-async def wait_finished(service: Service, job_id: str) -> JobView:
-    return await wait_until(service, job_id, lambda v: v.status.is_terminal)
+# Virtual seconds on the mock clock: a wait never costs real time.
+WAIT = 60.0
 
 
 @attrs.frozen
@@ -117,7 +84,7 @@ async def test_joining_mid_stream_replays_then_goes_live(
 ) -> None:
     async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat())
-        joined_at = await wait_until(service, job.id, lambda v: v.last_seq >= 12)
+        joined_at = await wait_until(service, job.id, reached_seq(12), timeout=WAIT)
         assert joined_at.status is JobStatus.STREAMING
         followed = await collect(service.follow(ALICE, job.id))
         final = await service.get_job(ALICE, job.id)
@@ -137,7 +104,7 @@ async def test_resume_after_seq_mid_stream_yields_each_later_delta_once(
     async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat())
         # Resume while the job is still streaming, with deltas on both sides of after_seq.
-        await wait_until(service, job.id, lambda v: v.last_seq >= 20)
+        await wait_until(service, job.id, reached_seq(20), timeout=WAIT)
         followed = await collect(service.follow(ALICE, job.id, after_seq=after_seq))
         final = await service.get_job(ALICE, job.id)
 
@@ -166,7 +133,7 @@ async def test_several_followers_resuming_at_once_each_see_their_own_tail(
 
     async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat())
-        await wait_until(service, job.id, lambda v: v.last_seq >= 14)
+        await wait_until(service, job.id, reached_seq(14), timeout=WAIT)
         async with trio.open_nursery() as nursery:
             for after_seq in starts:
                 nursery.start_soon(follow_from, service, job.id, after_seq)
@@ -184,7 +151,7 @@ async def test_following_a_finished_job_replays_it(
 ) -> None:
     async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat())
-        final = await wait_finished(service, job.id)
+        final = await wait_finished(service, job.id, timeout=WAIT)
         resume_from = final.last_seq if after_seq == "last" else after_seq
         assert resume_from is None or isinstance(resume_from, int)
         followed = await collect(service.follow(ALICE, job.id, after_seq=resume_from))
@@ -206,7 +173,7 @@ async def test_another_owners_job_is_not_found(autojump_clock: MockClock, tmp_pa
             await collect(service.follow(BOB, job.id))
         with pytest.raises(JobNotFound):
             await collect(service.follow(ALICE, "no-such-job"))
-        await wait_finished(service, job.id)
+        await wait_finished(service, job.id, timeout=WAIT)
         with pytest.raises(JobNotFound):
             await collect(service.follow(BOB, job.id, after_seq=0))
 
@@ -223,7 +190,7 @@ async def test_a_slow_follower_is_dropped_server_side_yet_misses_nothing(
         assert isinstance(first, SnapshotEvent)
 
         # Not reading while many more deltas than the buffer holds arrive.
-        paused_at = await wait_until(service, job.id, lambda v: v.last_seq >= 20)
+        paused_at = await wait_until(service, job.id, reached_seq(20), timeout=WAIT)
         assert paused_at.status is JobStatus.STREAMING
         assert follower.resubscriptions == 0
 
@@ -243,9 +210,13 @@ async def test_a_job_watched_at_completion_gets_no_notification(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
-        watched = await service.start_job(ALICE, chat("thread-watched", "msg-w"))
-        unwatched = await service.start_job(ALICE, chat("thread-away", "msg-u"))
-        left = await service.start_job(ALICE, chat("thread-left", "msg-l"))
+        watched = await service.start_job(
+            ALICE, chat(thread_id="thread-watched", message_id="msg-w")
+        )
+        unwatched = await service.start_job(
+            ALICE, chat(thread_id="thread-away", message_id="msg-u")
+        )
+        left = await service.start_job(ALICE, chat(thread_id="thread-left", message_id="msg-l"))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, service.follow(ALICE, watched.id))
@@ -259,7 +230,7 @@ async def test_a_job_watched_at_completion_gets_no_notification(
             nursery.start_soon(follow_then_leave)
 
         for job in (watched, unwatched, left):
-            view = await wait_finished(service, job.id)
+            view = await wait_finished(service, job.id, timeout=WAIT)
             assert view.status is JobStatus.COMPLETE
         notified = {n.job_id for n in await service.list_notifications(ALICE)}
 
@@ -274,9 +245,7 @@ async def test_a_follower_gets_the_last_deltas_of_a_stopped_job_before_its_statu
     # A long flush interval leaves deltas unwritten when the stream is stopped;
     # the stream stores them as it stops, and the follower must get them too.
     timeout = 2.55 if ending == "timeout" else 300.0
-    settings = config(tmp_path, job_timeout=timeout, sweep_interval=0.05).with_overrides(
-        flush_interval=1.0
-    )
+    settings = config(tmp_path, job_timeout=timeout, sweep_interval=0.05, flush_interval=1.0)
     async with open_service(settings, upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat())
         results: list[Followed] = []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,76 +14,27 @@ import structlog
 import trio
 from trio.testing import MockClock
 
-from actors import (
-    ChatRequest,
-    JobStatus,
-    JobView,
-    Owner,
-    Service,
-    ServiceConfig,
-    UserKeyNotAllowed,
-    open_service,
-)
+from actors import JobStatus, Owner, Service, ServiceConfig, UserKeyNotAllowed, open_service
 from actors.messages import StreamFailed, StreamFinished
 from actors.model import NotificationType, Usage
 from actors.upstream import OpenAICompatibleUpstream, SimulatedUpstream
 from tests.fake_upstream import FakeUpstream, Script
+from tests.service.kit import ALICE, BOB, chat, config, wait_finished, wait_until
 
-ALICE = Owner("alice", "ws-1")
-BOB = Owner("bob", "ws-1")
 SERVER_KEY = "sk-or-server-secret-7f3a9c"
 USER_KEY = "sk-or-user-secret-2b8e41"
+# Real seconds: the tests on the fake upstream talk HTTP over real sockets.
+FAKE_WAIT = 5.0
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream.serve() as server:
-        yield server
-
-
-def chat(
-    model: str = "m",
-    *,
-    thread_id: str = "thread-1",
-    message_id: str = "msg-1",
-    api_key: str | None = None,
-) -> ChatRequest:
-    return ChatRequest(
-        model=model,
-        messages=[{"role": "user", "content": "tell me something"}],
-        thread_id=thread_id,
-        message_id=message_id,
-        api_key=api_key,
-    )
-
-
-def memory_config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
-    return ServiceConfig(store="memory", data_dir=tmp_path, **overrides)
-
-
-async def wait_until(
-    service: Service,
-    job_id: str,
-    predicate: Callable[[JobView], bool],
-    owner: Owner = ALICE,
-    timeout: float = 5.0,
-) -> JobView:
-    """Poll the job until ``predicate`` holds; fails the test after ``timeout`` seconds."""
-    with trio.fail_after(timeout):
-        while True:
-            view = await service.get_job(owner, job_id)
-            assert view is not None
-            if predicate(view):
-                return view
-            await trio.sleep(0.01)
-
-
-def finished(view: JobView) -> bool:
-    return view.status.is_terminal
-
-
-async def wait_finished(service: Service, job_id: str, owner: Owner = ALICE) -> JobView:
-    return await wait_until(service, job_id, finished, owner, timeout=10.0)
+@asynccontextmanager
+async def open_on_fake(fake: FakeUpstream, settings: ServiceConfig) -> AsyncIterator[Service]:
+    """A service whose upstream is the OpenAI-compatible client talking to ``fake``."""
+    async with (
+        OpenAICompatibleUpstream(fake.base_url, "sk-test", idle_timeout=30.0) as upstream,
+        open_service(settings, upstream=upstream) as service,
+    ):
+        yield service
 
 
 # -- polling -----------------------------------------------------------------------
@@ -91,7 +43,7 @@ async def wait_finished(service: Service, job_id: str, owner: Owner = ALICE) -> 
 async def test_content_grows_and_offset_returns_only_the_new_part(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    async with open_service(memory_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat())
         assert job.status in (JobStatus.QUEUED, JobStatus.STREAMING)
 
@@ -125,7 +77,7 @@ async def test_content_grows_and_offset_returns_only_the_new_part(
 
 
 async def test_get_job_is_owner_scoped(autojump_clock: MockClock, tmp_path: Path) -> None:
-    async with open_service(memory_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat())
         assert await service.get_job(BOB, job.id) is None
         assert await service.get_job(Owner("alice", "ws-other"), job.id) is None
@@ -137,7 +89,7 @@ async def test_get_job_is_owner_scoped(autojump_clock: MockClock, tmp_path: Path
 async def test_list_jobs_filters_by_status_newest_first(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    async with open_service(memory_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         done = await service.start_job(ALICE, chat(message_id="a"))
         await wait_finished(service, done.id)
         aborted = await service.start_job(ALICE, chat(message_id="b"))
@@ -168,7 +120,7 @@ async def test_list_jobs_filters_by_status_newest_first(
 async def test_abort_is_idempotent_and_owner_scoped(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    async with open_service(memory_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat())
         await trio.sleep(0.5)
 
@@ -194,13 +146,10 @@ async def test_abort_is_idempotent_and_owner_scoped(
 
 async def test_abort_closes_the_upstream_connection(fake: FakeUpstream, tmp_path: Path) -> None:
     fake.script("slow", Script.stream().content("first words ").hang())
-    config = memory_config(tmp_path, flush_interval=0.01)
-    async with (
-        OpenAICompatibleUpstream(fake.base_url, "sk-test", idle_timeout=30.0) as upstream,
-        open_service(config, upstream=upstream) as service,
-    ):
+    settings = config(tmp_path, flush_interval=0.01)
+    async with open_on_fake(fake, settings) as service:
         job = await service.start_job(ALICE, chat("slow"))
-        await wait_until(service, job.id, lambda v: v.content == "first words ")
+        await wait_until(service, job.id, lambda v: v.content == "first words ", timeout=FAKE_WAIT)
         request = fake.requests[-1]
         assert not request.client_disconnected.is_set()
 
@@ -219,13 +168,10 @@ async def test_a_late_completion_after_abort_changes_nothing(
 ) -> None:
     # The finish would come right after the first token, racing the abort.
     fake.script("racy", Script.stream().content("one ").sleep(0.05).content("two").finish().done())
-    config = memory_config(tmp_path, flush_interval=0.01)
-    async with (
-        OpenAICompatibleUpstream(fake.base_url, "sk-test", idle_timeout=30.0) as upstream,
-        open_service(config, upstream=upstream) as service,
-    ):
+    settings = config(tmp_path, flush_interval=0.01)
+    async with open_on_fake(fake, settings) as service:
         job = await service.start_job(ALICE, chat("racy"))
-        await wait_until(service, job.id, lambda v: v.content == "one ")
+        await wait_until(service, job.id, lambda v: v.content == "one ", timeout=FAKE_WAIT)
         assert await service.abort_job(ALICE, job.id)
         aborted = await service.get_job(ALICE, job.id)
         assert aborted is not None
@@ -261,11 +207,8 @@ async def test_every_delta_is_stored_with_reasoning_finish_and_usage(
     )
     fake.script("full", script)
     # A batch bound smaller than the answer: the deltas arrive in several writes.
-    config = memory_config(tmp_path, flush_interval=0.01, flush_max_deltas=5)
-    async with (
-        OpenAICompatibleUpstream(fake.base_url, "sk-test", idle_timeout=30.0) as upstream,
-        open_service(config, upstream=upstream) as service,
-    ):
+    settings = config(tmp_path, flush_interval=0.01, flush_max_deltas=5)
+    async with open_on_fake(fake, settings) as service:
         job = await service.start_job(ALICE, chat("full"))
         view = await wait_finished(service, job.id)
 
@@ -290,13 +233,12 @@ async def test_mid_stream_content_holds_every_delta_so_far(
     for piece in pieces:
         script = script.content(piece)
     fake.script("partial", script.hang())
-    config = memory_config(tmp_path, flush_interval=0.01)
-    async with (
-        OpenAICompatibleUpstream(fake.base_url, "sk-test", idle_timeout=30.0) as upstream,
-        open_service(config, upstream=upstream) as service,
-    ):
+    settings = config(tmp_path, flush_interval=0.01)
+    async with open_on_fake(fake, settings) as service:
         job = await service.start_job(ALICE, chat("partial"))
-        view = await wait_until(service, job.id, lambda v: v.chunks_received == len(pieces))
+        view = await wait_until(
+            service, job.id, lambda v: v.chunks_received == len(pieces), timeout=FAKE_WAIT
+        )
         assert view.status is JobStatus.STREAMING
         assert view.content == "".join(pieces)
         assert view.generation_id == "gen-fake-1"
@@ -309,7 +251,7 @@ async def test_mid_stream_content_holds_every_delta_so_far(
 async def test_user_api_key_is_refused_unless_allowed(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    async with open_service(memory_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         with pytest.raises(UserKeyNotAllowed) as refused:
             await service.start_job(ALICE, chat(api_key=USER_KEY))
         assert USER_KEY not in str(refused.value)
@@ -334,9 +276,9 @@ async def test_user_api_key_is_the_bearer_and_is_never_kept_or_shown(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     fake.script("mine", Script.text("Hello with your own key"))
-    config = ServiceConfig(
+    settings = config(
+        tmp_path,
         store="sqlite",
-        data_dir=tmp_path,
         upstream="openai",
         upstream_base_url=fake.base_url,
         upstream_api_key=SERVER_KEY,
@@ -344,7 +286,7 @@ async def test_user_api_key_is_the_bearer_and_is_never_kept_or_shown(
         flush_interval=0.01,
     )
     with structlog.testing.capture_logs() as logs:
-        async with open_service(config) as service:
+        async with open_service(settings) as service:
             request = chat("mine", api_key=USER_KEY)
             assert USER_KEY not in repr(request)
             job = await service.start_job(ALICE, request)
@@ -375,16 +317,15 @@ async def test_server_key_never_appears_in_logs_records_or_errors(
     fake.script("ok", Script.text("fine answer"))
     # An upstream that echoes the key back in its error message.
     fake.script("echo", Script.status(401, message=f"Invalid key {SERVER_KEY} for this account"))
-    config = ServiceConfig(
-        store="memory",
-        data_dir=tmp_path,
+    settings = config(
+        tmp_path,
         upstream="openai",
         upstream_base_url=fake.base_url,
         upstream_api_key=SERVER_KEY,
         flush_interval=0.01,
     )
     with structlog.testing.capture_logs() as logs:
-        async with open_service(config) as service:
+        async with open_service(settings) as service:
             good = await service.start_job(ALICE, chat("ok"))
             bad = await service.start_job(ALICE, chat("echo", message_id="msg-2"))
             good_view = await wait_finished(service, good.id)

@@ -3,65 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 from trio.testing import MockClock
 
-from actors import (
-    ChatRequest,
-    JobStatus,
-    JobView,
-    Notification,
-    Owner,
-    Service,
-    ServiceConfig,
-    open_service,
-)
+from actors import JobStatus, JobView, Notification, Owner, Service, open_service
 from actors.model import NotificationAction, NotificationType
 from actors.upstream import SimulatedUpstream
 from actors.upstream.simulated import SIMULATE_ERROR_PARAM
+from tests.service.kit import ALICE, BOB, chat, config, run_job
 
-ALICE = Owner("alice", "ws-1")
-BOB = Owner("bob", "ws-1")
 ALICE_ELSEWHERE = Owner("alice", "ws-2")
+# Virtual seconds on the mock clock: a wait never costs real time.
+WAIT = 60.0
 
 
-def chat(thread_id: str = "thread-1", message_id: str = "msg-1", **params: Any) -> ChatRequest:
-    return ChatRequest(
-        model="m",
-        messages=[{"role": "user", "content": "notify me"}],
-        thread_id=thread_id,
-        message_id=message_id,
-        params=params,
-    )
+async def run_job_in(
+    service: Service,
+    thread_id: str,
+    message_id: str,
+    *,
+    fail_with: str | None = None,
+    owner: Owner = ALICE,
+) -> JobView:
+    """Run a job for message ``message_id`` of ``thread_id`` and return its finished view.
 
-
-def config(tmp_path: Path) -> ServiceConfig:
-    return ServiceConfig(store="memory", data_dir=tmp_path)
-
-
-async def wait_finished(service: Service, job_id: str, owner: Owner = ALICE) -> JobView:
-    with trio.fail_after(60):
-        while True:
-            view = await service.get_job(owner, job_id)
-            assert view is not None
-            if view.status.is_terminal:
-                return view
-            await trio.sleep(0.01)
-
-
-async def run_job(service: Service, request: ChatRequest, owner: Owner = ALICE) -> JobView:
-    job = await service.start_job(owner, request)
-    return await wait_finished(service, job.id, owner)
+    With ``fail_with``, the simulated model fails halfway with that message.
+    """
+    params = {} if fail_with is None else {SIMULATE_ERROR_PARAM: fail_with}
+    request = chat(thread_id=thread_id, message_id=message_id, params=params)
+    return await run_job(service, request, owner=owner, timeout=WAIT)
 
 
 async def test_a_completed_job_gets_exactly_one_notification(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
-        view = await run_job(service, chat("thread-42", "msg-42"))
+        view = await run_job_in(service, "thread-42", "msg-42")
         assert view.status is JobStatus.COMPLETE
         await trio.sleep(5)  # nothing more arrives later
         notes = await service.list_notifications(ALICE)
@@ -84,8 +63,7 @@ async def test_a_failed_job_gets_exactly_one_error_notification(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
     async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
-        request = chat("thread-7", "msg-7", **{SIMULATE_ERROR_PARAM: "model overloaded"})
-        view = await run_job(service, request)
+        view = await run_job_in(service, "thread-7", "msg-7", fail_with="model overloaded")
         await trio.sleep(5)
         notes = await service.list_notifications(ALICE)
 
@@ -120,14 +98,14 @@ async def test_muted_threads_get_no_notifications_until_unmuted(
 ) -> None:
     async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         await service.mute_thread(ALICE, "quiet")
-        muted_ok = await run_job(service, chat("quiet", "m1"))
-        muted_error = await run_job(service, chat("quiet", "m2", **{SIMULATE_ERROR_PARAM: "x"}))
-        loud = await run_job(service, chat("loud", "m3"))
+        muted_ok = await run_job_in(service, "quiet", "m1")
+        muted_error = await run_job_in(service, "quiet", "m2", fail_with="x")
+        loud = await run_job_in(service, "loud", "m3")
         # Muting is per owner: another user's thread of the same name still notifies.
-        bobs = await run_job(service, chat("quiet", "m4"), owner=BOB)
+        bobs = await run_job_in(service, "quiet", "m4", owner=BOB)
 
         await service.mute_thread(ALICE, "quiet", muted=False)
-        after_unmute = await run_job(service, chat("quiet", "m5"))
+        after_unmute = await run_job_in(service, "quiet", "m5")
 
         alice_notified = {n.job_id for n in await service.list_notifications(ALICE)}
         bob_notified = {n.job_id for n in await service.list_notifications(BOB)}
@@ -139,7 +117,7 @@ async def test_muted_threads_get_no_notifications_until_unmuted(
 
 async def _three_notifications(service: Service) -> list[Notification]:
     for number in range(3):
-        await run_job(service, chat(f"thread-{number}", f"msg-{number}"))
+        await run_job_in(service, f"thread-{number}", f"msg-{number}")
         await trio.sleep(1)  # distinct creation times, so "newest first" is well defined
     notes = await service.list_notifications(ALICE)
     assert len(notes) == 3
@@ -232,8 +210,8 @@ async def test_follow_notifications_receives_new_ones_live(
             nursery.start_soon(listen_as_alice, service)
             nursery.start_soon(listen_as_bob, service)
             await trio.sleep(0.01)  # both listeners subscribed
-            first = await run_job(service, chat("t-a", "m-a"))
-            second = await run_job(service, chat("t-b", "m-b", **{SIMULATE_ERROR_PARAM: "x"}))
+            first = await run_job_in(service, "t-a", "m-a")
+            second = await run_job_in(service, "t-b", "m-b", fail_with="x")
             with trio.fail_after(5):
                 await both_received.wait()
             await trio.sleep(5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,102 +9,36 @@ from typing import Any
 import pytest
 import trio
 
-from actors import (
-    ChatRequest,
-    JobStatus,
-    JobView,
-    Owner,
-    ServerBusy,
-    Service,
-    ServiceConfig,
-    open_service,
-)
+from actors import JobStatus, ServerBusy, ServiceConfig, open_service
 from actors.model import Delta, Job, NotificationType
 from actors.stores import StoreFactory
-from actors.upstream import (
-    SimulatedUpstream,
-    StreamOpened,
-    StreamResult,
-    TextDelta,
-    UpstreamEvent,
-    UpstreamRequest,
-)
-
-ALICE = Owner("alice", "ws-1")
+from actors.upstream import SimulatedUpstream
+from tests.service.kit import ALICE, HangingUpstream, chat, config, wait_finished, wait_until
 
 
-class HalfThenHangUpstream:
-    """Model ``"hang"``: one delta, then silence until cancelled; others: the simulated model."""
-
-    def __init__(self) -> None:
-        self.simulated = SimulatedUpstream(2000)
-        self.cancelled = 0
-
-    async def stream(
-        self,
-        request: UpstreamRequest,
-        on_event: Callable[[UpstreamEvent], Awaitable[None]],
-    ) -> StreamResult:
-        if request.model != "hang":
-            return await self.simulated.stream(request, on_event)
-        await on_event(StreamOpened("gen-hang"))
-        await on_event(TextDelta(content="partial answer"))
-        try:
-            await trio.sleep_forever()
-        except trio.Cancelled:
-            self.cancelled += 1
-            raise
-        raise AssertionError("sleep_forever returned")
-
-    async def aclose(self) -> None:
-        pass
-
-
-def config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
-    return ServiceConfig(store="sqlite", data_dir=tmp_path, flush_interval=0.01, **overrides)
-
-
-def chat(model: str, message_id: str, thread_id: str = "thread-1") -> ChatRequest:
-    return ChatRequest(
-        model=model,
-        messages=[{"role": "user", "content": "remember me"}],
-        thread_id=thread_id,
-        message_id=message_id,
-    )
-
-
-async def wait_until(
-    service: Service, job_id: str, predicate: Callable[[JobView], bool]
-) -> JobView:
-    with trio.fail_after(10):
-        while True:
-            view = await service.get_job(ALICE, job_id)
-            assert view is not None
-            if predicate(view):
-                return view
-            await trio.sleep(0.01)
-
-
-def is_finished(view: JobView) -> bool:
-    return view.status.is_terminal
+def sqlite_config(tmp_path: Path, **overrides: Any) -> ServiceConfig:
+    """The SQLite store under ``tmp_path``, flushing every 10 ms."""
+    return config(tmp_path, store="sqlite", flush_interval=0.01, **overrides)
 
 
 async def test_shutdown_interrupts_running_jobs_and_the_next_lifetime_has_everything(
     tmp_path: Path,
 ) -> None:
-    upstream = HalfThenHangUpstream()
-    async with open_service(config(tmp_path, drain_timeout=0), upstream=upstream) as first:
-        done = await first.start_job(ALICE, chat("m", "done"))
-        done_view = await wait_until(first, done.id, is_finished)
+    upstream = HangingUpstream("partial answer", others=SimulatedUpstream(2000))
+    async with open_service(sqlite_config(tmp_path, drain_timeout=0), upstream=upstream) as first:
+        done = await first.start_job(ALICE, chat(message_id="done"))
+        done_view = await wait_finished(first, done.id)
         assert done_view.status is JobStatus.COMPLETE
-        hanging = await first.start_job(ALICE, chat("hang", "hanging", thread_id="thread-2"))
+        hanging = await first.start_job(
+            ALICE, chat("hang", message_id="hanging", thread_id="thread-2")
+        )
         await wait_until(first, hanging.id, lambda v: v.content == "partial answer")
         notes_before = await first.list_notifications(ALICE)
         assert [n.job_id for n in notes_before] == [done.id]
 
     assert upstream.cancelled == 1
 
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(2000)) as second:
+    async with open_service(sqlite_config(tmp_path), upstream=SimulatedUpstream(2000)) as second:
         interrupted = await second.get_job(ALICE, hanging.id)
         assert interrupted is not None
         assert interrupted.status is JobStatus.ERROR
@@ -163,14 +96,14 @@ async def _write_jobs_of_a_killed_process(data_dir: Path) -> None:
 async def test_a_job_left_streaming_by_a_killed_process_is_recovered_on_start(
     tmp_path: Path,
 ) -> None:
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(2000)) as first:
-        done = await first.start_job(ALICE, chat("m", "done"))
-        done_view = await wait_until(first, done.id, is_finished)
+    async with open_service(sqlite_config(tmp_path), upstream=SimulatedUpstream(2000)) as first:
+        done = await first.start_job(ALICE, chat(message_id="done"))
+        done_view = await wait_finished(first, done.id)
         notes_before = await first.list_notifications(ALICE)
 
     await _write_jobs_of_a_killed_process(tmp_path)
 
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(2000)) as second:
+    async with open_service(sqlite_config(tmp_path), upstream=SimulatedUpstream(2000)) as second:
         recovered = await second.get_job(ALICE, "killed-job")
         assert recovered is not None
         assert recovered.status is JobStatus.ERROR
@@ -198,11 +131,11 @@ async def test_a_job_left_streaming_by_a_killed_process_is_recovered_on_start(
         assert by_job["killed-job"].thread_id == "thread-killed"
 
         # New work goes on as usual after a recovery.
-        fresh = await second.start_job(ALICE, chat("m", "fresh"))
-        assert (await wait_until(second, fresh.id, is_finished)).status is JobStatus.COMPLETE
+        fresh = await second.start_job(ALICE, chat(message_id="fresh"))
+        assert (await wait_finished(second, fresh.id)).status is JobStatus.COMPLETE
 
     # A third start recovers nothing more and notifies nobody twice.
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(2000)) as third:
+    async with open_service(sqlite_config(tmp_path), upstream=SimulatedUpstream(2000)) as third:
         notes = await third.list_notifications(ALICE)
         expected = [done.id, "killed-job", "queued-job", fresh.id]
         assert sorted(n.job_id for n in notes) == sorted(expected)
@@ -215,15 +148,15 @@ async def test_graceful_exit_lets_running_jobs_finish_within_the_drain_timeout(
 ) -> None:
     # About 50 tokens at 200 per second: a quarter of a second, well inside the drain.
     async with open_service(
-        config(tmp_path, drain_timeout=5), upstream=SimulatedUpstream(200)
+        sqlite_config(tmp_path, drain_timeout=5), upstream=SimulatedUpstream(200)
     ) as first:
-        job = await first.start_job(ALICE, chat("m", "draining"))
+        job = await first.start_job(ALICE, chat(message_id="draining"))
         view = await first.get_job(ALICE, job.id)
         assert view is not None and not view.status.is_terminal
         started = trio.current_time()
     assert trio.current_time() - started < 5
 
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(2000)) as second:
+    async with open_service(sqlite_config(tmp_path), upstream=SimulatedUpstream(2000)) as second:
         finished = await second.get_job(ALICE, job.id)
         assert finished is not None
         assert finished.status is JobStatus.COMPLETE
@@ -236,16 +169,16 @@ async def test_graceful_exit_lets_running_jobs_finish_within_the_drain_timeout(
 async def test_jobs_still_running_at_the_end_of_the_drain_are_interrupted(
     tmp_path: Path,
 ) -> None:
-    upstream = HalfThenHangUpstream()
-    async with open_service(config(tmp_path, drain_timeout=0.2), upstream=upstream) as first:
-        quick = await first.start_job(ALICE, chat("m", "quick"))
-        stuck = await first.start_job(ALICE, chat("hang", "stuck"))
+    upstream = HangingUpstream("partial answer", others=SimulatedUpstream(2000))
+    async with open_service(sqlite_config(tmp_path, drain_timeout=0.2), upstream=upstream) as first:
+        quick = await first.start_job(ALICE, chat(message_id="quick"))
+        stuck = await first.start_job(ALICE, chat("hang", message_id="stuck"))
         await wait_until(first, stuck.id, lambda v: v.content == "partial answer")
         started = trio.current_time()
     assert trio.current_time() - started >= 0.2
     assert upstream.cancelled == 1
 
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(2000)) as second:
+    async with open_service(sqlite_config(tmp_path), upstream=SimulatedUpstream(2000)) as second:
         quick_view = await second.get_job(ALICE, quick.id)
         stuck_view = await second.get_job(ALICE, stuck.id)
     assert quick_view is not None and quick_view.status is JobStatus.COMPLETE
@@ -256,11 +189,11 @@ async def test_jobs_still_running_at_the_end_of_the_drain_are_interrupted(
 
 
 async def test_a_draining_service_refuses_new_jobs(tmp_path: Path) -> None:
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(200)) as service:
-        running = await service.start_job(ALICE, chat("m", "running"))
+    async with open_service(sqlite_config(tmp_path), upstream=SimulatedUpstream(200)) as service:
+        running = await service.start_job(ALICE, chat(message_id="running"))
         assert await service.drain(timeout=5) == 0
         with pytest.raises(ServerBusy):
-            await service.start_job(ALICE, chat("m", "too-late"))
+            await service.start_job(ALICE, chat(message_id="too-late"))
         view = await service.get_job(ALICE, running.id)
         assert view is not None and view.status is JobStatus.COMPLETE
         assert [v.id for v in await service.list_jobs(ALICE)] == [running.id]

@@ -1,7 +1,7 @@
 """Property test of the job registry's protocol against a plain-Python model.
 
 Each example opens a fresh service on the memory store and on
-:class:`SilentUpstream`, whose streams never produce anything by themselves.
+:class:`HangingUpstream`, whose streams never produce anything by themselves.
 The test then plays the stream's side itself: it stores deltas in the store
 and tells the registry ``DeltasStored``, and it reports ``StreamOpened``,
 ``StreamFinished`` and ``StreamFailed``, then stops the job's stream actor as
@@ -34,13 +34,13 @@ import trio.testing
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from actors.api import ChatRequest, JobView
+from actors.api import JobView
 from actors.errors import ServerBusy, TooManyJobs
 from actors.messages import DeltasStored, StreamFailed, StreamFinished, StreamOpened
 from actors.model import Delta, JobStatus, NotificationType, Owner, Usage
 from actors.service import Service, open_service
 from runtime import SupervisorRef
-from tests.service.conftest import MemoryConfig, SilentUpstream
+from tests.service.kit import HangingUpstream, MemoryConfig, chat
 
 USERS = ("ann", "ben", "cat")
 WORKSPACES = ("w1", "w2")
@@ -237,9 +237,8 @@ class Harness:
     async def create(self) -> None:
         owner = self.draw_owner()
         self.requests += 1
-        request = ChatRequest(
-            model="test/model",
-            messages=[{"role": "user", "content": "hello"}],
+        request = chat(
+            "test/model",
             thread_id=f"thread-{self.requests}",
             message_id=f"message-{self.requests}",
         )
@@ -465,7 +464,7 @@ async def test_registry_matches_model(
         retention=RETENTION,
         sweep_interval=1e9,
     )
-    async with open_service(config, upstream=SilentUpstream()) as service:
+    async with open_service(config, upstream=HangingUpstream()) as service:
         harness = Harness(service, RegistryModel(cap), data)
         for _ in range(data.draw(st.integers(MIN_STEPS, MAX_STEPS), label="steps")):
             await harness.step(data.draw(st.sampled_from(STEP_KINDS), label="step"))

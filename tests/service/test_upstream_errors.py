@@ -8,24 +8,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors import ChatRequest, JobStatus, JobView, Owner, Service, ServiceConfig, open_service
+from actors import JobStatus, JobView, Service, open_service
 from actors.model import Notification, NotificationType
 from actors.upstream import OpenAICompatibleUpstream
 from tests.fake_upstream import FakeUpstream, Script
+from tests.service.kit import ALICE, chat, config, run_job
 
-ALICE = Owner("alice", "ws-1")
 IDLE_TIMEOUT = 0.3
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream.serve() as server:
-        yield server
-
-
-@pytest.fixture
 async def service(fake: FakeUpstream, tmp_path: Path) -> AsyncIterator[Service]:
-    config = ServiceConfig(store="memory", data_dir=tmp_path, flush_interval=0.01)
     async with (
         OpenAICompatibleUpstream(
             fake.base_url,
@@ -34,29 +27,9 @@ async def service(fake: FakeUpstream, tmp_path: Path) -> AsyncIterator[Service]:
             backoff_initial=0.01,
             backoff_max=0.02,
         ) as upstream,
-        open_service(config, upstream=upstream) as running,
+        open_service(config(tmp_path, flush_interval=0.01), upstream=upstream) as running,
     ):
         yield running
-
-
-def chat(model: str) -> ChatRequest:
-    return ChatRequest(
-        model=model,
-        messages=[{"role": "user", "content": "hello"}],
-        thread_id="thread-1",
-        message_id="msg-1",
-    )
-
-
-async def run_job(service: Service, model: str) -> JobView:
-    job = await service.start_job(ALICE, chat(model))
-    with trio.fail_after(10):
-        while True:
-            view = await service.get_job(ALICE, job.id)
-            assert view is not None
-            if view.status.is_terminal:
-                return view
-            await trio.sleep(0.01)
 
 
 async def only_notification(service: Service) -> Notification:
@@ -85,7 +58,7 @@ async def test_non_2xx_answer_fails_the_job_with_the_upstream_message(
     fake: FakeUpstream, service: Service
 ) -> None:
     fake.script("m", Script.status(401, message="No auth credentials found"))
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert view.error is not None
     assert "No auth credentials found" in view.error
@@ -102,7 +75,7 @@ async def test_429_with_retry_after_then_success_completes(
         Script.status(429, message="rate limited", retry_after=0.05),
         Script.text("Hello after waiting"),
     )
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert view.status is JobStatus.COMPLETE
     assert view.error is None
@@ -120,7 +93,7 @@ async def test_mid_stream_error_object_is_an_error_never_complete(
         "m",
         Script.stream().content("The answer ").content("is ").error(502, "provider down").done(),
     )
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert view.error is not None
     assert "provider down" in view.error
@@ -134,7 +107,7 @@ async def test_truncated_stream_is_an_error_and_keeps_the_partial_content(
     fake: FakeUpstream, service: Service
 ) -> None:
     fake.script("m", Script.stream().content("Half an ").content("answ"))
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert view.error is not None
     assert "truncated" in view.error
@@ -148,7 +121,7 @@ async def test_idle_upstream_times_out_as_an_error_and_is_disconnected(
 ) -> None:
     fake.script("m", Script.stream().content("Then ").hang())
     started = trio.current_time()
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert trio.current_time() - started >= IDLE_TIMEOUT
     assert view.error is not None
@@ -163,7 +136,7 @@ async def test_upstream_that_never_answers_times_out_as_an_error(
     fake: FakeUpstream, service: Service
 ) -> None:
     fake.script("m", Script.stream().hang())
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert view.error is not None
     assert "idle_timeout" in view.error
@@ -175,7 +148,7 @@ async def test_server_errors_are_retried_then_fail_with_a_notification(
     fake: FakeUpstream, service: Service
 ) -> None:
     fake.script("m", Script.status(502, message="bad gateway upstream"))
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert view.error is not None
     assert "bad gateway upstream" in view.error
@@ -187,7 +160,7 @@ async def test_a_stream_cut_before_any_output_is_retried_without_duplicates(
     fake: FakeUpstream, service: Service
 ) -> None:
     fake.script("m", Script.stream(), Script.text("Only once please"))
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert view.status is JobStatus.COMPLETE
     assert view.content == "Only once please"
@@ -203,7 +176,7 @@ async def test_keepalives_prove_liveness_past_the_idle_timeout(
     for _ in range(5):  # 0.5 s in all, past the 0.3 s idle timeout
         script = script.sleep(0.1).keepalive()
     fake.script("m", script.content("done").finish().usage().done())
-    view = await run_job(service, "m")
+    view = await run_job(service, chat("m"))
 
     assert view.status is JobStatus.COMPLETE
     assert view.content == "Thinking... done"

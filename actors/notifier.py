@@ -32,7 +32,7 @@ from actors.model import (
     NotificationType,
     Owner,
 )
-from runtime import Actor
+from runtime import Actor, ExitReason
 
 __all__ = ["Notifier", "notification_for"]
 
@@ -75,7 +75,7 @@ class Notifier(Actor):
     async def on_start(self) -> None:
         self._store = await self._deps.stores.get()
 
-    async def on_stop(self, reason: str) -> None:
+    async def on_stop(self, reason: ExitReason) -> None:
         # Followers resubscribe on their own when their channel ends.
         for channels in self._followers.values():
             for channel in channels:

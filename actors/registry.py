@@ -51,6 +51,7 @@ from runtime import (
     ActorStopped,
     AskTimeout,
     ChildSpec,
+    ExitReason,
     Restart,
     SupervisorRef,
     Terminated,
@@ -131,7 +132,7 @@ class JobRegistry(Actor):
             # report in our mailbox, ahead of this check.
             self.context.start_task(self.context.self.tell, _CheckOrphans())
 
-    async def on_stop(self, reason: str) -> None:
+    async def on_stop(self, reason: ExitReason) -> None:
         # Followers resubscribe on their own when their channel ends early.
         for running in self._running.values():
             for follower in running.followers:
@@ -290,14 +291,16 @@ class JobRegistry(Actor):
         await self._store.update_job(job)
 
     async def _on_stream_stopped(
-        self, ref: ActorRef, reason: str, error: BaseException | None
+        self, ref: ActorRef, reason: ExitReason, error: BaseException | None
     ) -> None:
         job_id = ref.path.rpartition("/")[2]
         running = self._running.get(job_id)
         if running is None or running.stream != ref:
             return
         detail = f": {type(error).__name__}: {error}" if error is not None else ""
-        await self._finish(running, JobStatus.ERROR, error=f"stream stopped ({reason}){detail}")
+        await self._finish(
+            running, JobStatus.ERROR, error=f"stream stopped ({reason.value}){detail}"
+        )
 
     # -- from the sweeper and the service --------------------------------------
 

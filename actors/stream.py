@@ -30,7 +30,7 @@ from actors.upstream import (
     UpstreamEvent,
     UpstreamRequest,
 )
-from runtime import Actor, ActorCrashed, ActorRef, ActorStopped, MailboxFull
+from runtime import Actor, ActorCrashed, ActorRef, ActorStopped, ExitReason, MailboxFull
 
 __all__ = ["StreamActor"]
 
@@ -69,7 +69,7 @@ class StreamActor(Actor):
     async def handle(self, message: Any) -> Any:
         raise TypeError(f"StreamActor does not handle {type(message).__name__}")
 
-    async def on_stop(self, reason: str) -> None:
+    async def on_stop(self, reason: ExitReason) -> None:
         while True:
             try:
                 self._unflushed.append(self._deltas_out.receive_nowait())

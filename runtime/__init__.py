@@ -11,11 +11,12 @@ from runtime.errors import (
     AskTimeout,
     MailboxFull,
     NameTaken,
+    StartFailed,
     SupervisorGaveUp,
 )
-from runtime.messages import Terminated
+from runtime.messages import ExitReason, Terminated
 from runtime.ref import ActorRef, SupervisorRef
-from runtime.snapshot import ActorSnapshot
+from runtime.snapshot import ActorSnapshot, ActorState
 from runtime.spec import Backoff, ChildSpec, Restart, Strategy, SupervisorSpec
 from runtime.system import ActorSystem, open_system
 
@@ -25,14 +26,17 @@ __all__ = [
     "ActorCrashed",
     "ActorRef",
     "ActorSnapshot",
+    "ActorState",
     "ActorStopped",
     "ActorSystem",
     "AskTimeout",
     "Backoff",
     "ChildSpec",
+    "ExitReason",
     "MailboxFull",
     "NameTaken",
     "Restart",
+    "StartFailed",
     "Strategy",
     "SupervisorGaveUp",
     "SupervisorRef",

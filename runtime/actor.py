@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from runtime.messages import ExitReason
 from runtime.spec import Restart
 
 if TYPE_CHECKING:
@@ -34,22 +35,38 @@ class Actor:
         return self._context
 
     async def on_start(self) -> None:
-        """Run before the first message of every run. Raising here is a crash."""
+        """Run before the first message of every run.
+
+        Raising here means the actor failed to start: whoever started it gets
+        :class:`~runtime.errors.StartFailed` (``spawn``, ``start_child``), or,
+        in a restart, its supervisor tries again as one more restart. It runs
+        in the actor's own task while its supervisor waits for it, so asking
+        that supervisor (or the system's root, for a top-level actor) to start
+        or stop a child from here raises :class:`RuntimeError`; use
+        ``self.context.spawn`` for children of this actor's own.
+        """
 
     async def handle(self, message: Any) -> Any:
         """Handle one message; the return value is the reply to an ``ask``.
 
         Raising crashes the actor: an asker gets :class:`~runtime.errors.ActorCrashed`
-        at once and the supervisor decides what happens next.
+        at once and the supervisor decides what happens next. The default
+        handles nothing: it calls :meth:`unhandled`.
         """
+        self.unhandled(message)
+
+    def unhandled(self, message: Any) -> NoReturn:
+        """Raise the :class:`TypeError` for a message this actor does not handle."""
         raise TypeError(f"{type(self).__name__} does not handle {type(message).__name__}")
 
-    async def on_stop(self, reason: str) -> None:
-        """Run after the last message of every run, crash included.
+    async def on_stop(self, reason: ExitReason) -> None:
+        """Run after the last message of every run, a crash or a failed start included.
 
-        ``reason`` is ``"normal"``, ``"shutdown"`` or ``"crashed"``. It runs
-        shielded from outside cancellation for at most the child's shutdown
-        grace time.
+        ``reason`` is :attr:`ExitReason.NORMAL`, ``SHUTDOWN`` or ``CRASHED``.
+        It runs shielded from outside cancellation for at most the child's
+        shutdown grace time; past it, it is cancelled, the run ends as
+        ``KILLED``, and a warning on the ``runtime`` logger names the actor.
+        Raising here after a clean stop turns it into a crash.
         """
 
 

@@ -12,31 +12,36 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import contextvars
 import functools
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import structlog
 import trio
 
 from runtime.actor import Actor, ActorContext
-from runtime.control import StartChild
 from runtime.errors import ActorCrashed, ActorStopped
-from runtime.messages import Terminated
-from runtime.ref import ActorRef
+from runtime.messages import ExitReason, Terminated
+from runtime.ref import ActorRef, SupervisorRef
 from runtime.reply import Ask
-from runtime.snapshot import ActorSnapshot
+from runtime.snapshot import ActorSnapshot, ActorState
 from runtime.spec import ChildSpec, Restart, SupervisorSpec
 
 if TYPE_CHECKING:
     from runtime.supervisor import SupervisorCell
     from runtime.system import ActorSystem
 
-__all__ = ["ActorCell", "Cell", "Exit", "describe_failure"]
+__all__ = ["ActorCell", "Cell", "Exit", "current_cell", "describe_failure"]
 
-log = structlog.get_logger("runtime")
+log = logging.getLogger("runtime")
+
+# The cell whose run task (or one of whose tasks) is running; set per task.
+_current_cell: contextvars.ContextVar[Cell | None] = contextvars.ContextVar(
+    "troupe_current_cell", default=None
+)
 
 # Messages handled back to back before the loop yields to other tasks.
 _BATCH = 512
@@ -44,14 +49,19 @@ _BATCH = 512
 
 @attrs.frozen
 class Exit:
-    """How one run ended: ``normal``, ``shutdown``, ``crashed`` or ``killed``."""
+    """How one run ended, and the exception that ended it, if any."""
 
-    reason: str
+    reason: ExitReason
     error: BaseException | None = None
 
     @property
     def abnormal(self) -> bool:
-        return self.reason in ("crashed", "killed")
+        return self.reason.abnormal
+
+
+def current_cell() -> Cell | None:
+    """The cell whose run the calling task belongs to, or None outside any actor."""
+    return _current_cell.get()
 
 
 def describe_failure(error: BaseException) -> str:
@@ -79,14 +89,26 @@ class Cell(abc.ABC):
     kind = "actor"
     ref_class: type[ActorRef] = ActorRef
 
-    def __init__(self, system: ActorSystem, path: str, spec: ChildSpec, capacity: float) -> None:
+    def __init__(
+        self,
+        system: ActorSystem,
+        path: str,
+        spec: ChildSpec,
+        capacity: float,
+        *,
+        registered: bool = True,
+    ) -> None:
         self.system = system
         self.path = path
         self.spec = spec
         self.capacity = capacity
+        # A registered cell is found by its path, so refs to that path follow
+        # it; an unregistered one (the root, an actor's own children's
+        # supervisor) is reached only through its own ref.
+        self.registered = registered
         self.send, self.recv = trio.open_memory_channel[Any](capacity)
         self.ref = self.ref_class(self)
-        self.state = "starting"
+        self.state = ActorState.STARTING
         self.processed = 0
         self.restarts = 0
         self.last_failure: str | None = None
@@ -97,8 +119,9 @@ class Cell(abc.ABC):
         self.run_done.set()
         # How the latest run ended; once finished, the exit the watchers saw.
         self.last_exit: Exit | None = None
-        self._watchers: dict[int, ActorRef] = {}
-        self._stop_reason: str | None = None
+        self.run_task: trio.lowlevel.Task | None = None
+        self._watchers: dict[ActorRef, ActorRef] = {}
+        self._stop_reason: ExitReason | None = None
         self._stop_deadline = math.inf
         self._idle = False
         self._idle_scope: trio.CancelScope | None = None
@@ -107,23 +130,29 @@ class Cell(abc.ABC):
     # -- lifecycle, driven by the parent supervisor ------------------------
 
     async def run_once(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, *, task_status: trio.TaskStatus[Exit | None] = trio.TASK_STATUS_IGNORED
     ) -> Exit:
         """Run one incarnation and return how it ended; never raises but for cancellation.
 
-        ``task_status.started()`` is called once it is up, or once it failed
-        to start (the failure is then in the returned exit).
+        ``task_status.started(None)`` is called once it is up. A run that ends
+        before that failed to start: ``task_status.started(exit)`` then hands
+        its exit to the starter, and :attr:`start_failed` is True.
         """
         self._begin_run()
+        _current_cell.set(self)
+        self.run_task = trio.lowlevel.current_task()
         started = _Started(task_status)
+        exit = Exit(ExitReason.KILLED)
         try:
             exit = await self._run(started)
-            self.last_exit = exit
         finally:
-            started()
+            self.last_exit = exit
+            if exit.error is not None:
+                self.last_failure = describe_failure(exit.error)
+            self.start_failed = not started.called
+            started.fail(exit)
+            self.run_task = None
             self.run_done.set()
-        if exit.error is not None:
-            self.last_failure = describe_failure(exit.error)
         return exit
 
     @abc.abstractmethod
@@ -134,11 +163,17 @@ class Cell(abc.ABC):
         self.run_id += 1
         self.run_done = trio.Event()
         self.last_exit = None
+        self.start_failed = False
         self.stopped_by_parent = False
         self._stop_reason = None
         self._stop_deadline = math.inf
         self._kill_scope = trio.CancelScope()
-        self.state = "starting"
+        self.state = ActorState.STARTING
+
+    @property
+    def is_running(self) -> bool:
+        """True while a run is in progress (starting, running or stopping)."""
+        return not self.run_done.is_set()
 
     def request_stop(self, *, normal: bool = False, grace: float | None = None) -> None:
         """Ask the current run to end after its current message.
@@ -147,12 +182,12 @@ class Cell(abc.ABC):
         has not ended. Never blocks.
         """
         if self._stop_reason is None:
-            self._stop_reason = "normal" if normal else "shutdown"
+            self._stop_reason = ExitReason.NORMAL if normal else ExitReason.SHUTDOWN
         if grace is not None:
             self._stop_deadline = min(self._stop_deadline, trio.current_time() + grace)
             self._kill_scope.deadline = self._stop_deadline
-        if self.state in ("starting", "running"):
-            self.state = "stopping"
+        if self.state in (ActorState.STARTING, ActorState.RUNNING):
+            self.state = ActorState.STOPPING
         if self._idle:
             # An idle actor waits on an empty mailbox: wake it with STOP. No
             # cancel scope per wait keeps the idle path (every ask) cheap.
@@ -193,7 +228,7 @@ class Cell(abc.ABC):
             return
         self.finished = True
         self.last_exit = exit
-        self.state = "stopped"
+        self.state = ActorState.STOPPED
         self.send.close()
         while True:
             try:
@@ -213,13 +248,13 @@ class Cell(abc.ABC):
 
     def add_watcher(self, watcher: ActorRef) -> None:
         if self.finished:
-            exit = self.last_exit or Exit("shutdown")
+            exit = self.last_exit or Exit(ExitReason.SHUTDOWN)
             self.system.deliver(watcher, Terminated(self.ref, exit.reason, exit.error))
         else:
-            self._watchers[id(watcher._cell)] = watcher
+            self._watchers[watcher] = watcher
 
     def remove_watcher(self, watcher: ActorRef) -> None:
-        self._watchers.pop(id(watcher._cell), None)
+        self._watchers.pop(watcher, None)
 
     # -- introspection -----------------------------------------------------
 
@@ -262,7 +297,7 @@ class ActorCell(Cell):
 
     async def _run(self, started: Callable[[], None]) -> Exit:
         instance: Actor | None = None
-        exit = Exit("normal")
+        exit = Exit(ExitReason.NORMAL)
         try:
             with self._kill_scope:
                 try:
@@ -271,18 +306,23 @@ class ActorCell(Cell):
                         instance = self._factory()
                         instance._context = self._context
                         await instance.on_start()
-                        if self.state == "starting":
-                            self.state = "running"
+                        if self.state is ActorState.STARTING:
+                            self.state = ActorState.RUNNING
                         started()
                         exit = await self._message_loop(instance)
                         await self._stop_children()
                         tasks.cancel_scope.cancel()
                 except Exception as error:
-                    exit = Exit("crashed", collapse(error))
+                    exit = Exit(ExitReason.CRASHED, collapse(error))
                 finally:
                     self._tasks = None
             if self._kill_scope.cancelled_caught:
-                exit = Exit("killed", exit.error)
+                log.warning(
+                    "%r did not stop within its shutdown grace time of %gs; cancelled it",
+                    self.path,
+                    self.spec.grace,
+                )
+                exit = Exit(ExitReason.KILLED, exit.error)
             elif instance is not None and type(instance).on_stop is not Actor.on_stop:
                 exit = await self._run_on_stop(instance, exit)
         finally:
@@ -316,16 +356,16 @@ class ActorCell(Cell):
                     result = await handle(item.message)
                 except Exception as error:
                     item.fail(self._crashed_error(item, error))
-                    return Exit("crashed", error)
+                    return Exit(ExitReason.CRASHED, error)
                 self._handling = None
                 item.reply(result)
             else:
                 try:
                     await handle(item)
                 except Exception as error:
-                    return Exit("crashed", error)
+                    return Exit(ExitReason.CRASHED, error)
             self.processed += 1
-        return Exit(self._stop_reason or "normal")
+        return Exit(self._stop_reason or ExitReason.NORMAL)
 
     def _crashed_error(self, ask: Ask, error: BaseException) -> ActorCrashed:
         crash = ActorCrashed(
@@ -340,7 +380,7 @@ class ActorCell(Cell):
         ask, self._handling = self._handling, None
         if ask is None or ask.done:
             return
-        if exit.reason == "crashed" and exit.error is not None:
+        if exit.reason is ExitReason.CRASHED and exit.error is not None:
             ask.fail(self._crashed_error(ask, exit.error))
         else:
             ask.fail(
@@ -348,13 +388,20 @@ class ActorCell(Cell):
             )
 
     async def _run_on_stop(self, instance: Actor, exit: Exit) -> Exit:
-        with self.on_stop_scope():
+        with self.on_stop_scope() as scope:
             try:
                 await instance.on_stop(exit.reason)
             except Exception as error:
-                log.warning("on_stop raised", path=self.path, error=describe_failure(error))
+                log.warning("on_stop of %r raised %s", self.path, describe_failure(error))
                 if not exit.abnormal:
-                    return Exit("crashed", error)
+                    return Exit(ExitReason.CRASHED, error)
+        if scope.cancelled_caught:
+            log.warning(
+                "on_stop of %r outlived the shutdown grace time of %gs; cancelled it",
+                self.path,
+                self.spec.grace,
+            )
+            return Exit(ExitReason.KILLED, exit.error)
         return exit
 
     # -- what ActorContext offers ------------------------------------------
@@ -381,8 +428,13 @@ class ActorCell(Cell):
         if self._children is None:
             from runtime.supervisor import SupervisorCell
 
+            # OTP's intensity would let one crash of a child crash this
+            # actor; an actor's own children get a little more room.
             children = SupervisorCell(
-                self.system, self.path, ChildSpec("children", SupervisorSpec()), registered=False
+                self.system,
+                self.path,
+                ChildSpec("children", SupervisorSpec(max_restarts=3, within=5.0)),
+                registered=False,
             )
             await self._tasks.start(self._supervise_children, children)
             self._children = children
@@ -393,11 +445,12 @@ class ActorCell(Cell):
             shutdown=shutdown,
             mailbox_size=mailbox_size,
         )
-        ref: ActorRef = await self._children.ref.ask(StartChild(spec), timeout=None)
-        return ref
+        children_ref = self._children.ref
+        assert isinstance(children_ref, SupervisorRef)
+        return await children_ref.start_child(spec)
 
     async def _supervise_children(
-        self, children: SupervisorCell, *, task_status: trio.TaskStatus[None]
+        self, children: SupervisorCell, *, task_status: trio.TaskStatus[Exit | None]
     ) -> None:
         exit = await children.run_once(task_status=task_status)
         children.finish(exit)
@@ -420,14 +473,23 @@ class ActorCell(Cell):
 
 
 class _Started:
-    """``task_status.started()`` that may be called more than once."""
+    """``task_status.started()`` for one run: success once, else the run's exit."""
 
-    __slots__ = ("_task_status",)
+    __slots__ = ("_task_status", "called")
 
-    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
-        self._task_status: trio.TaskStatus[None] | None = task_status
+    def __init__(self, task_status: trio.TaskStatus[Exit | None]) -> None:
+        self._task_status: trio.TaskStatus[Exit | None] | None = task_status
+        self.called = False
 
     def __call__(self) -> None:
+        """The run is up."""
         if self._task_status is not None:
-            self._task_status.started()
+            self.called = True
+            self._task_status.started(None)
+            self._task_status = None
+
+    def fail(self, exit: Exit) -> None:
+        """The run ended before it was up: hand its exit to the starter."""
+        if self._task_status is not None:
+            self._task_status.started(exit)
             self._task_status = None

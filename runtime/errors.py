@@ -9,6 +9,7 @@ __all__ = [
     "MailboxFull",
     "NameTaken",
     "RuntimeErrorBase",
+    "StartFailed",
     "SupervisorGaveUp",
 ]
 
@@ -38,7 +39,26 @@ class MailboxFull(RuntimeErrorBase):
 
 
 class NameTaken(RuntimeErrorBase, ValueError):
-    """Another live actor already has this path."""
+    """The name is in use: a live actor has this path, or the supervisor keeps
+    a child spec of that name (running or not), as OTP's ``already_started`` and
+    ``already_present``."""
+
+
+class StartFailed(RuntimeErrorBase):
+    """A child could not be started; ``__cause__`` is why.
+
+    ``path`` is the child that failed. For a supervisor whose static child
+    failed to start (OTP's ``{shutdown, {failed_to_start_child, Id, Reason}}``),
+    ``failed_child`` is that child's name and ``__cause__`` the child's own
+    :class:`StartFailed`; for an actor whose ``on_start`` raised, it is None and
+    ``__cause__`` is what ``on_start`` raised.
+    """
+
+    def __init__(self, path: str, failed_child: str | None = None, reason: str = "") -> None:
+        self.path = path
+        self.failed_child = failed_child
+        where = f"{path!r}" if failed_child is None else f"{path!r}: child {failed_child!r}"
+        super().__init__(f"failed to start {where}" + (f": {reason}" if reason else ""))
 
 
 class SupervisorGaveUp(RuntimeErrorBase):

@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 
 import attrs
 
-__all__ = ["ActorSnapshot"]
+__all__ = ["ActorSnapshot", "ActorState"]
+
+
+class ActorState(enum.Enum):
+    """Where an actor or supervisor is in its lifecycle."""
+
+    STARTING = "starting"
+    """Running ``on_start`` (a supervisor: starting its children)."""
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    """Down, about to be started again by its supervisor."""
+    STOPPING = "stopping"
+    """A stop was requested; it finishes its current message, then ``on_stop``."""
+    STOPPED = "stopped"
+    """Stopped for good."""
 
 
 @attrs.frozen
 class ActorSnapshot:
     """One node of :meth:`ActorSystem.snapshot`.
 
-    ``state`` is ``starting``, ``running``, ``restarting``, ``stopping`` or
-    ``stopped``. ``mailbox_capacity`` is ``None`` for an unbounded mailbox (a
+    ``kind`` is ``"actor"`` or ``"supervisor"``. ``mailbox_capacity`` is ``None`` for an unbounded mailbox (a
     supervisor's). ``restarts`` counts restarts of this node; it is counted
     before the restarted actor handles its next message.
     """
 
     path: str
     kind: str
-    state: str
+    state: ActorState
     mailbox_size: int
     mailbox_capacity: int | None
     processed: int

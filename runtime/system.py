@@ -11,8 +11,7 @@ from typing import Any
 import trio
 
 from runtime.actor import Actor
-from runtime.cell import Cell, collapse
-from runtime.control import StartChild, StopChild
+from runtime.cell import Cell, Exit, collapse
 from runtime.errors import ActorStopped, MailboxFull, NameTaken
 from runtime.ref import ActorRef, SupervisorRef
 from runtime.reply import AskTimer
@@ -53,7 +52,11 @@ class ActorSystem:
         """Start an actor under the root supervisor and return its ref once ``on_start`` ran.
 
         ``factory(*args)`` builds each instance. Raises
-        :class:`~runtime.errors.NameTaken` if ``name`` is in use.
+        :class:`~runtime.errors.NameTaken` if ``name`` is in use, and
+        :class:`~runtime.errors.StartFailed` (``__cause__`` is why) if
+        ``on_start`` raised; the system is then unchanged. Called from the
+        ``on_start`` of a child of the root, it raises :class:`RuntimeError`
+        at once instead of waiting for itself: spawn from ``handle`` then.
         """
         spec = ChildSpec(
             name or self.unique_name(factory),
@@ -62,14 +65,18 @@ class ActorSystem:
             shutdown=shutdown,
             mailbox_size=mailbox_size,
         )
-        ref: ActorRef = await self.root.ask(StartChild(spec), timeout=None)
-        return ref
+        return await self.root.start_child(spec)
 
     async def spawn_supervisor(
         self, spec: SupervisorSpec, *, name: str, restart: Restart = Restart.PERMANENT
     ) -> SupervisorRef:
-        """Start a supervisor under the root, and its children in order; return its ref."""
-        ref = await self.root.ask(StartChild(ChildSpec(name, spec, restart=restart)), timeout=None)
+        """Start a supervisor under the root, and its static children in order; return its ref.
+
+        If a child fails to start, the children already started are stopped
+        in reverse order and :class:`~runtime.errors.StartFailed` is raised,
+        naming the child in ``failed_child``; the system stays usable.
+        """
+        ref = await self.root.start_child(ChildSpec(name, spec, restart=restart))
         assert isinstance(ref, SupervisorRef)
         return ref
 
@@ -82,16 +89,18 @@ class ActorSystem:
         parent_path, _, name = path.rpartition("/")
         parent = self._cells.get(parent_path) if parent_path else self._root
         supervisor = None if parent is None else parent.children_supervisor()
-        if supervisor is None:
+        if not isinstance(supervisor, SupervisorRef):
             return False
         try:
-            stopped: bool = await supervisor.ask(StopChild(name), timeout=None)
+            return await supervisor.stop_child(name)
         except ActorStopped:
             return False
-        return stopped
 
     def lookup(self, path: str) -> ActorRef | None:
-        """The ref of the live actor at ``path`` (like ``"sup/a"``), or None."""
+        """The ref of the live actor at ``path`` (like ``"sup/a"``), or None.
+
+        The ref stays valid when the actor, or an ancestor, restarts.
+        """
         cell = self._cells.get(path)
         return None if cell is None else cell.ref
 
@@ -104,6 +113,9 @@ class ActorSystem:
     def unique_name(self, factory: Callable[..., Any]) -> str:
         base = getattr(factory, "__name__", None) or type(factory).__name__
         return f"{base.lower()}-{next(self._names)}"
+
+    def cell_at(self, path: str) -> Cell | None:
+        return self._cells.get(path)
 
     def register(self, cell: Cell) -> None:
         if cell.path in self._cells:
@@ -126,7 +138,7 @@ class ActorSystem:
     def start_task(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         self._nursery.start_soon(fn, *args)
 
-    async def _run_root(self, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _run_root(self, *, task_status: trio.TaskStatus[Exit | None]) -> None:
         exit = await self._root.run_once(task_status=task_status)
         self._root.finish(exit)
         if exit.error is not None:
@@ -162,17 +174,21 @@ async def _run_system(
 async def open_system(
     *,
     strategy: Strategy = Strategy.ONE_FOR_ONE,
-    max_restarts: int = 3,
+    max_restarts: int = 1,
     within: float = 5.0,
     backoff: Backoff | None = None,
 ) -> AsyncIterator[ActorSystem]:
     """Run an actor system for the duration of the ``async with`` block.
 
-    The arguments configure the root supervisor. Leaving the block stops every
-    actor in reverse start order, each within its shutdown grace time, and
-    leaves nothing running. If the root supervisor gives up, the block is
-    cancelled and :class:`~runtime.errors.SupervisorGaveUp` is raised here.
-    An exception from the block propagates unchanged after the shutdown.
+    The arguments configure the root supervisor, with OTP's defaults: one
+    restart within 5 seconds (see :class:`~runtime.spec.SupervisorSpec`).
+    Leaving the block stops every actor in reverse start order, each within
+    its shutdown grace time (an actor still running then is cancelled, and a
+    warning on the ``runtime`` logger names it), so it takes at most the sum
+    of those grace times, and leaves nothing running. If the root supervisor
+    gives up, the block is cancelled and
+    :class:`~runtime.errors.SupervisorGaveUp` is raised here. An exception
+    from the block propagates unchanged after the shutdown.
     """
     root_spec = SupervisorSpec(strategy, max_restarts, within, backoff=backoff)
     guard = trio.CancelScope(shield=True)

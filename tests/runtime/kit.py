@@ -23,6 +23,7 @@ from runtime import (
     ActorSnapshot,
     ActorSystem,
     ChildSpec,
+    ExitReason,
     Restart,
 )
 from runtime.testing import Probe
@@ -85,8 +86,8 @@ class Member(Actor):
     async def on_start(self) -> None:
         self.log.append(f"start:{self.name}")
 
-    async def on_stop(self, reason: str) -> None:
-        self.log.append(f"stop:{self.name}:{reason}")
+    async def on_stop(self, reason: ExitReason) -> None:
+        self.log.append(f"stop:{self.name}:{reason.value}")
 
     async def handle(self, message: Any) -> Any:
         if isinstance(message, Boom):

@@ -11,6 +11,7 @@ import trio.testing
 
 from runtime import (
     ActorCrashed,
+    ActorState,
     ActorStopped,
     AskTimeout,
     ChildSpec,
@@ -158,7 +159,7 @@ async def test_an_ask_cancelled_by_its_caller_leaves_the_actor_working(
         assert await ref.ask(Slow(0, "next"), timeout=None) == "next"
         assert await ref.ask(Handled()) == ["abandoned", "next"]
         node = node_at(system, "calc")
-        assert (node.state, node.restarts) == ("running", 0)
+        assert (node.state, node.restarts) == (ActorState.RUNNING, 0)
 
 
 async def test_an_ask_cancelled_while_queued_is_never_handled(

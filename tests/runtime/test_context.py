@@ -9,7 +9,15 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import ActorCrashed, ActorRef, ActorStopped, Restart, Terminated, open_system
+from runtime import (
+    ActorCrashed,
+    ActorRef,
+    ActorStopped,
+    ExitReason,
+    Restart,
+    Terminated,
+    open_system,
+)
 from runtime.testing import Probe
 from tests.runtime.kit import (
     Boom,
@@ -106,9 +114,9 @@ async def test_spawned_children_stop_in_reverse_order_when_the_parent_stops(
         log.clear()
         await parent.tell(Quit())
         terminated = await probe.expect(Terminated)
-        assert (terminated.ref, terminated.reason) == (c1, "shutdown")
+        assert (terminated.ref, terminated.reason) == (c1, ExitReason.SHUTDOWN)
         terminated = await probe.expect(Terminated)
-        assert (terminated.ref, terminated.reason) == (parent, "normal")
+        assert (terminated.ref, terminated.reason) == (parent, ExitReason.NORMAL)
         assert log == ["stop:c2:shutdown", "stop:c1:shutdown", "stop:parent:normal"]
         assert not c1.is_alive and not c2.is_alive
         assert system.lookup("p/c1") is None
@@ -135,8 +143,11 @@ async def test_spawned_children_are_stopped_and_started_again_when_the_parent_re
             "init:c2",
             "start:c2",
         ]
-        assert not any(ref.is_alive for ref in old)
+        # The old refs name the same paths, so they reach the new children.
+        assert old == new
+        assert all(ref.is_alive for ref in old)
         assert [ref.path for ref in new] == ["p/c1", "p/c2"]
+        assert await old[1].ask("name?") == "c2"
         assert await new[0].ask("name?") == "c1"
 
 
@@ -261,7 +272,7 @@ async def test_stop_ends_the_actor_after_the_current_message(
         # The message that stops the actor still gets its reply.
         assert await ref.ask(Quit()) == "bye"
         terminated = await probe.expect(Terminated)
-        assert terminated.reason == "normal"
+        assert terminated.reason == ExitReason.NORMAL
         with pytest.raises(ActorStopped):
             await ref.ask("anyone?")
 

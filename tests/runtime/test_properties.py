@@ -26,14 +26,19 @@ from runtime import (
     Actor,
     ActorCrashed,
     ActorRef,
+    ActorState,
     ActorSystem,
     ChildSpec,
+    ExitReason,
     Restart,
     Strategy,
+    SupervisorGaveUp,
     SupervisorRef,
     SupervisorSpec,
+    Terminated,
     open_system,
 )
+from runtime.testing import Probe
 from tests.runtime.otp_model import ModelChild, SupervisorModel
 
 # The clock fixture is function scoped on purpose (see the module docstring).
@@ -85,12 +90,16 @@ class Boom(Exception):
 class Worker(Actor):
     """Records each of its starts in a list shared by the whole tree."""
 
-    def __init__(self, name: str, starts: list[str]) -> None:
+    def __init__(self, name: str, starts: list[str], fail_next_start: set[str]) -> None:
         self._name = name
         self._starts = starts
+        self._fail_next_start = fail_next_start
 
     async def on_start(self) -> None:
         self._starts.append(self._name)
+        if self._name in self._fail_next_start:
+            self._fail_next_start.discard(self._name)
+            raise Boom(f"{self._name} failed to start")
 
     async def handle(self, message: Any) -> None:
         if isinstance(message, Crash):
@@ -115,13 +124,13 @@ def assert_tree_matches(
     assert [child.path for child in children] == [f"{SUT}/{name}" for name in model.running]
     for child in children:
         name = child.path.rpartition("/")[2]
-        assert child.state == "running"
+        assert child.state == ActorState.RUNNING
         assert child.restarts == model.restarts(name)
     assert collections.Counter(starts) == model.starts
     for name, ref in refs.items():
         running = name in model.running
         assert ref.is_alive == running
-        # A restarted child keeps its ref.
+        # A ref names a path: it reaches whichever actor runs there now.
         assert system.lookup(f"{SUT}/{name}") == (ref if running else None)
 
 
@@ -141,6 +150,7 @@ async def test_supervisor_matches_otp_model(
     )
     names = [f"c{i}" for i in range(len(restart_types))]
     starts: list[str] = []
+    fail_next_start: set[str] = set()
     model = SupervisorModel(
         strategy,
         max_restarts,
@@ -154,7 +164,9 @@ async def test_supervisor_matches_otp_model(
         max_restarts,
         within,
         children=[
-            ChildSpec(name, functools.partial(Worker, name, starts), restart=restart)
+            ChildSpec(
+                name, functools.partial(Worker, name, starts, fail_next_start), restart=restart
+            )
             for name, restart in zip(names, restart_types, strict=True)
         ],
     )
@@ -162,6 +174,8 @@ async def test_supervisor_matches_otp_model(
     # then dropped by the root instead of restarted.
     async with open_system(max_restarts=1_000_000, within=1.0) as system:
         supervisor = await system.spawn_supervisor(spec, name=SUT, restart=Restart.TEMPORARY)
+        probe = await Probe.spawn(system)
+        await probe.watch(supervisor)
         refs: dict[str, ActorRef] = {}
         for name in names:
             ref = system.lookup(f"{SUT}/{name}")
@@ -172,9 +186,13 @@ async def test_supervisor_matches_otp_model(
         for _ in range(data.draw(st.integers(1, 15), label="steps")):
             if model.gave_up:
                 break
-            kinds = ["crash", "stop", "sleep"] if model.running else ["sleep"]
+            kinds = ["crash", "stop", "sleep", "fail next start"] if model.running else ["sleep"]
             kind = data.draw(st.sampled_from(kinds), label="event")
-            if kind == "sleep":
+            if kind == "fail next start":
+                name = data.draw(st.sampled_from(model.kept), label="child")
+                fail_next_start.add(name)
+                model.fail_next_start.add(name)
+            elif kind == "sleep":
                 fraction = data.draw(st.sampled_from([0.25, 0.5, 1.0, 2.0]), label="dt/within")
                 await trio.sleep(fraction * within)
             else:
@@ -187,6 +205,13 @@ async def test_supervisor_matches_otp_model(
                 assert trio.current_time() == now
                 model.child_exited(name, crashed=kind == "crash", now=now)
             assert_tree_matches(system, supervisor, refs, starts, model)
+        if model.gave_up:
+            # Giving up is a shutdown exit that carries the reason.
+            terminated = await probe.expect(Terminated)
+            assert terminated.reason is ExitReason.SHUTDOWN
+            assert isinstance(terminated.error, SupervisorGaveUp)
+        else:
+            await probe.expect_nothing(0.0)
 
 
 # -- mailboxes across restarts ---------------------------------------------------

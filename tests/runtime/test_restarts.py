@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import ActorCrashed, open_system
+from runtime import ActorCrashed, ActorState, open_system
 from tests.runtime.kit import Boom, Hold, Member, Quit, node_at
 
 
@@ -62,7 +62,7 @@ async def test_the_ref_stays_valid_across_restarts(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     log: list[str] = []
-    async with open_system() as system:
+    async with open_system(max_restarts=3) as system:
         ref = await system.spawn(Counter, name="counter", args=(log,))
         for _ in range(3):
             with pytest.raises(ActorCrashed):
@@ -96,7 +96,7 @@ async def test_on_start_and_on_stop_run_for_every_start_and_every_stop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     log: list[str] = []
-    async with open_system() as system:
+    async with open_system(max_restarts=3) as system:
         ref = await system.spawn(Counter, name="counter", args=(log,))
         await ref.tell(Boom())
         await ref.tell(Quit())  # PERMANENT: restarted after a normal stop too
@@ -114,26 +114,30 @@ async def test_on_start_and_on_stop_run_for_every_start_and_every_stop(
     ]
 
 
-class FailsToStartOnce(Member):
-    """A Member whose first on_start raises."""
+class FailsToRestartOnce(Member):
+    """A Member whose second on_start, its first restart, raises."""
 
     async def on_start(self) -> None:
         await super().on_start()
-        if self.log.count(f"start:{self.name}") == 1:
+        if self.log.count(f"start:{self.name}") == 2:
             raise RuntimeError("not yet")
 
 
-async def test_raising_in_on_start_is_a_crash_and_the_actor_is_restarted(
+async def test_a_restart_whose_on_start_raises_is_tried_again_as_another_restart(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     log: list[str] = []
-    async with open_system() as system:
-        ref = await system.spawn(FailsToStartOnce, name="flaky", args=("flaky", log))
+    async with open_system(max_restarts=2) as system:
+        ref = await system.spawn(FailsToRestartOnce, name="flaky", args=("flaky", log))
+        await ref.tell(Boom())
         assert await ref.ask("ping") == "flaky"
         node = node_at(system, "flaky")
-        assert node.restarts == 1
+        assert node.restarts == 2
         assert node.last_failure == "RuntimeError: not yet"
     assert log == [
+        "init:flaky",
+        "start:flaky",
+        "stop:flaky:crashed",
         "init:flaky",
         "start:flaky",
         "stop:flaky:crashed",
@@ -161,4 +165,4 @@ async def test_snapshot_counts_processed_messages_restarts_and_the_last_failure(
         assert node.processed == 5
         assert node.restarts == 1
         assert node.last_failure == "ValueError: counter exploded"
-        assert node.state == "running"
+        assert node.state == ActorState.RUNNING

@@ -14,6 +14,7 @@ from runtime import (
     Actor,
     ActorStopped,
     ChildSpec,
+    ExitReason,
     SupervisorSpec,
     Terminated,
     open_system,
@@ -35,7 +36,7 @@ class Logged(Member):
         super().__init__(name, log)
         self.stop_time = stop_time
 
-    async def on_stop(self, reason: str) -> None:
+    async def on_stop(self, reason: ExitReason) -> None:
         await super().on_stop(reason)
         try:
             await trio.sleep(self.stop_time)
@@ -174,7 +175,7 @@ async def test_a_handler_that_outlives_the_grace_time_is_cancelled_and_reported_
         assert await system.stop(ref)
         assert trio.current_time() - started == pytest.approx(2)
         terminated = await probe.expect(Terminated)
-        assert (terminated.ref, terminated.reason) == (ref, "killed")
+        assert (terminated.ref, terminated.reason) == (ref, ExitReason.KILLED)
         with pytest.raises(ActorStopped):
             await ref.tell("too late")
 

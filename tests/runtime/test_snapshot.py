@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import ActorSnapshot, ChildSpec, NameTaken, SupervisorSpec, open_system
+from runtime import ActorSnapshot, ActorState, ChildSpec, NameTaken, SupervisorSpec, open_system
 from tests.runtime.kit import Hold, Worker, crash, node_at
 
 
@@ -67,11 +67,13 @@ async def test_a_taken_name_raises_name_taken(
             await sup.start_child(ChildSpec("a", Worker))
         assert system.lookup("one") == first
         assert await first.ask("still me") == "ok"
-        # Once stopped, the name is free again.
+        # Once stopped, the name is free again, and a ref names a path: the
+        # old one reaches the new actor.
         await system.stop(first)
+        assert not first.is_alive
         second = await system.spawn(Worker, name="one")
-        assert second != first
-        assert second.is_alive
+        assert second == first
+        assert first.is_alive
 
 
 async def test_unnamed_actors_get_unique_paths(
@@ -99,7 +101,7 @@ async def test_snapshot_describes_every_node_of_the_live_tree(
         assert (root.path, root.kind, root.state, root.mailbox_capacity) == (
             "",
             "supervisor",
-            "running",
+            ActorState.RUNNING,
             None,
         )
         assert [node.path for node in root.walk()] == [
@@ -113,7 +115,7 @@ async def test_snapshot_describes_every_node_of_the_live_tree(
         assert root.find("sup/sub/x") == ActorSnapshot(
             path="sup/sub/x",
             kind="actor",
-            state="running",
+            state=ActorState.RUNNING,
             mailbox_size=0,
             mailbox_capacity=7,
             processed=0,

@@ -13,6 +13,7 @@ import trio.testing
 from runtime import (
     Actor,
     ActorRef,
+    ActorState,
     ActorStopped,
     ActorSystem,
     Backoff,
@@ -148,7 +149,7 @@ async def test_permanent_children_restart_after_a_crash_and_after_a_normal_stop(
 ) -> None:
     log: list[str] = []
     async with open_system() as system:
-        refs = await start_supervisor(system, log, "p")
+        refs = await start_supervisor(system, log, "p", max_restarts=2)
         ref = refs["p"]
         await crash(ref)
         await ref.tell(Quit())
@@ -350,7 +351,7 @@ async def test_backoff_delays_restarts_exponentially_up_to_the_maximum(
             await ref.tell(Boom())
             # Told during the backoff: queued for the next instance.
             await trio.sleep(0.5)
-            assert node_at(system, "sup/w").state == "restarting"
+            assert node_at(system, "sup/w").state == ActorState.RESTARTING
             for _ in range(3):
                 await ref.tell(Ping())
             started = await starts.receive()
@@ -374,7 +375,7 @@ async def test_a_pending_backoff_does_not_delay_shutdown(
         ref = ref_at(system, "sup/w")
         await ref.tell(Boom())
         await trio.sleep(1)
-        assert node_at(system, "sup/w").state == "restarting"
+        assert node_at(system, "sup/w").state == ActorState.RESTARTING
     assert trio.current_time() - started == pytest.approx(1)
     assert not ref.is_alive
     assert starts.receive_nowait() == started

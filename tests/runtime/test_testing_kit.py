@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import Terminated, open_system
+from runtime import ExitReason, Terminated, open_system
 from runtime.testing import Probe, expect_terminated
 from tests.runtime.kit import Worker
 
@@ -99,7 +99,7 @@ async def test_expect_terminated_returns_the_terminated_of_that_ref(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_later)
             terminated = await expect_terminated(probe, ref, timeout=5)
-        assert terminated == Terminated(ref, "shutdown")
+        assert terminated == Terminated(ref, ExitReason.SHUTDOWN)
 
 
 async def test_expect_terminated_fails_while_the_actor_lives_on(

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from runtime import Restart, Terminated, open_system
+from runtime import ExitReason, Restart, Terminated, open_system
 from runtime.testing import Probe, expect_terminated
 from tests.runtime.kit import Boom, Quit, Watcher, Worker, crash, node_at, spawn_watched
 
@@ -18,7 +18,7 @@ async def test_stop_child_delivers_terminated_with_reason_shutdown(
         probe, ref = await spawn_watched(system, Worker, "w")
         assert await system.root.stop_child("w")
         terminated = await probe.expect(Terminated)
-        assert terminated == Terminated(ref, "shutdown")
+        assert terminated == Terminated(ref, ExitReason.SHUTDOWN)
         assert terminated.error is None
         await probe.expect_nothing(1)
 
@@ -31,7 +31,11 @@ async def test_a_temporary_or_transient_child_stopping_itself_is_terminated_norm
         probe, ref = await spawn_watched(system, Worker, "w", restart=restart)
         await ref.tell(Quit())
         terminated = await probe.expect(Terminated)
-        assert (terminated.ref, terminated.reason, terminated.error) == (ref, "normal", None)
+        assert (terminated.ref, terminated.reason, terminated.error) == (
+            ref,
+            ExitReason.NORMAL,
+            None,
+        )
         assert not ref.is_alive
 
 
@@ -42,7 +46,7 @@ async def test_a_crashing_temporary_child_is_terminated_crashed_with_the_error(
         probe, ref = await spawn_watched(system, Worker, "w", restart=Restart.TEMPORARY)
         crashed = await crash(ref)
         terminated = await probe.expect(Terminated)
-        assert (terminated.ref, terminated.reason) == (ref, "crashed")
+        assert (terminated.ref, terminated.reason) == (ref, ExitReason.CRASHED)
         assert terminated.error is crashed.__cause__
         assert isinstance(terminated.error, ValueError)
 
@@ -50,7 +54,7 @@ async def test_a_crashing_temporary_child_is_terminated_crashed_with_the_error(
 async def test_a_restart_delivers_no_terminated(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_system() as system:
+    async with open_system(max_restarts=3) as system:
         probe, ref = await spawn_watched(system, Worker, "w")
         await ref.tell(Boom())
         await ref.tell(Quit())  # a PERMANENT child is restarted after a normal stop too
@@ -58,7 +62,7 @@ async def test_a_restart_delivers_no_terminated(
         await probe.expect_nothing(5)
         assert node_at(system, "w").restarts == 2
         await system.stop(ref)
-        assert (await probe.expect(Terminated)).reason == "shutdown"
+        assert (await probe.expect(Terminated)).reason == ExitReason.SHUTDOWN
 
 
 async def test_watching_an_actor_that_already_stopped_delivers_at_once(
@@ -72,7 +76,7 @@ async def test_watching_an_actor_that_already_stopped_delivers_at_once(
         terminated = await expect_terminated(probe, ref)
         assert trio.current_time() == started
         # The late watcher learns how it actually ended.
-        assert terminated.reason == "shutdown"
+        assert terminated.reason == ExitReason.SHUTDOWN
 
 
 async def test_every_watcher_is_told_once(

@@ -32,8 +32,8 @@ import attrs
 from cattrs import Converter
 from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 
-from runtime import codec
-from runtime.codec import WrongType
+from actors import codec
+from actors.codec import WrongType
 
 __all__ = [
     "ENV_PREFIX",
@@ -334,8 +334,8 @@ def _structure_choice(value: Any, _type: Any) -> str:
 
 def _make_converter() -> Converter:
     # The codec's strict scalars (no ``str(1)``, no ``bool("no")``), plus paths and
-    # case-insensitive choices.
-    converter = codec.converter.copy()
+    # case-insensitive choices, on a converter of its own.
+    converter = codec.make_converter()
     converter.register_structure_hook(Path, _structure_path)
     converter.register_structure_hook_func(_is_literal, _structure_choice)
     return converter

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from actors import codec
 from actors.api import ChatRequest
 from actors.errors import ServerBusy, TooManyJobs, UserKeyNotAllowed
 from actors.http.auth import AuthError, Principal, TokenAuthority
@@ -58,7 +59,6 @@ from actors.http.schemas import (
 )
 from actors.model import JobStatus
 from actors.service import Service
-from runtime import codec
 
 __all__ = ["build_app"]
 

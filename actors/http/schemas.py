@@ -1,6 +1,6 @@
 """What the HTTP API accepts and returns.
 
-Request bodies are structured with :data:`runtime.codec.converter`, which
+Request bodies are structured with :data:`actors.codec.converter`, which
 forbids unknown keys; the limits below bound every field, on top of the body
 size cap. Responses are plain JSON objects built here, in one place.
 """
@@ -13,9 +13,9 @@ from typing import Any
 import attrs
 import cattrs
 
+from actors import codec
 from actors.api import DeltaEvent, JobView, StatusEvent
 from actors.model import JobStatus, Notification
-from runtime import codec
 
 __all__ = [
     "MAX_CONTENT_CHARS",

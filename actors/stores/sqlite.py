@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from actors import codec
 from actors.model import (
     TERMINAL_STATUSES,
     Delta,
@@ -39,7 +40,6 @@ from actors.stores.protocol import (
     new_deltas_in_order,
 )
 from actors.stores.sqlite_writer import SqliteWriter
-from runtime import codec
 
 __all__ = ["SqliteJobStore", "SqliteStore"]
 

@@ -1,4 +1,4 @@
-"""Round trips through :mod:`runtime.codec` for every serialized record.
+"""Round trips through :mod:`actors.codec` for every serialized record.
 
 The project's records are discovered from ``__all__`` of the modules in
 :data:`SERIALIZED_MODULES`, so a new record class is covered as soon as it is
@@ -6,7 +6,9 @@ exported. Instances are drawn from
 the field types by :func:`strategy_for`, which fails loudly on a field type it
 does not know rather than skip the class. The example protocol below covers
 what the model does not use yet: a tagged union by class name, nested inside
-other records.
+other records. It goes through a converter of its own, built by the same
+:func:`~actors.codec.make_converter` as the service's, so the service's
+converter never learns the test's classes.
 """
 
 from __future__ import annotations
@@ -22,19 +24,14 @@ import attrs
 import cattrs
 import orjson
 import pytest
+from cattrs.preconf.orjson import OrjsonConverter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actors.http.schemas
 import actors.model
-from runtime.codec import (
-    ClassValidationError,
-    ForbiddenExtraKeysError,
-    dumps,
-    loads,
-    register_tagged_union,
-    structure,
-)
+from actors import codec
+from actors.codec import ClassValidationError, ForbiddenExtraKeysError, WrongType, make_converter
 
 CODEC = settings(max_examples=50, deadline=None)
 
@@ -97,8 +94,9 @@ class Heartbeat:
 
 
 Command = Submit | Cancel | Heartbeat
-register_tagged_union(Command)
 COMMAND_NAMES = tuple(member.__name__ for member in typing.get_args(Command))
+
+PROTOCOL = make_converter(tagged_unions=[Command])
 
 
 @attrs.frozen
@@ -110,6 +108,11 @@ class Batch:
 
 
 PROTOCOL_CLASSES: list[type[Any]] = [Point, Submit, Cancel, Heartbeat, Batch]
+
+
+def converter_for(cls: type[Any]) -> OrjsonConverter:
+    """:data:`PROTOCOL` for the example protocol's classes, the service's converter otherwise."""
+    return PROTOCOL if cls in PROTOCOL_CLASSES else codec.converter
 
 
 # -- drawing instances from field types ------------------------------------------
@@ -180,7 +183,7 @@ def field_names(cls: type[Any]) -> set[str]:
 def as_json(record: Any) -> Any:
     """``record`` as input from outside would bring it: parsed JSON."""
     # Not unstructure(): for orjson it leaves datetimes and enums to orjson.
-    return orjson.loads(dumps(record))
+    return orjson.loads(converter_for(type(record)).dumps(record))
 
 
 def forbidden_keys(error: BaseException) -> list[set[str]]:
@@ -219,20 +222,21 @@ def test_strategy_for_refuses_an_unknown_field_type() -> None:
 @CODEC
 @given(data=st.data())
 def test_record_round_trips(cls: type[Any], data: st.DataObject) -> None:
+    converter = converter_for(cls)
     record = data.draw(instances_of(cls), label=cls.__name__)
-    encoded = dumps(record)
-    decoded = loads(encoded, cls)
+    encoded = converter.dumps(record)
+    decoded = converter.loads(encoded, cls)
     assert decoded == record
     assert type(decoded) is cls
-    assert dumps(decoded) == encoded
+    assert converter.dumps(decoded) == encoded
 
 
 @CODEC
 @given(moment=UTC_DATETIMES)
 def test_datetimes_travel_as_iso_8601_in_utc(moment: datetime) -> None:
-    encoded = dumps(Submit("j", Priority.LOW, moment))
+    encoded = PROTOCOL.dumps(Submit("j", Priority.LOW, moment))
     assert orjson.loads(encoded)["at"] == moment.isoformat()
-    decoded = loads(encoded, Submit).at
+    decoded = PROTOCOL.loads(encoded, Submit).at
     assert decoded == moment
     assert decoded.utcoffset() == timedelta(0)
 
@@ -241,9 +245,9 @@ def test_datetimes_travel_as_iso_8601_in_utc(moment: datetime) -> None:
 @given(data=st.data())
 def test_tagged_union_round_trips_by_class_name(data: st.DataObject) -> None:
     command = data.draw(strategy_for(Command), label="command")
-    encoded = dumps(command, unstructure_as=Command)
+    encoded = PROTOCOL.dumps(command, unstructure_as=Command)
     assert orjson.loads(encoded)["type"] == type(command).__name__
-    decoded: object = loads(encoded, Command)  # type: ignore[arg-type]
+    decoded: object = PROTOCOL.loads(encoded, Command)  # type: ignore[arg-type]
     assert decoded == command
     assert type(decoded) is type(command)
 
@@ -252,7 +256,7 @@ def test_tagged_union_round_trips_by_class_name(data: st.DataObject) -> None:
 @given(tag=JSON_VALUES.filter(lambda tag: tag not in COMMAND_NAMES))
 def test_tagged_union_rejects_an_unknown_class_name(tag: Any) -> None:
     with pytest.raises(ClassValidationError) as caught:
-        loads(orjson.dumps({"type": tag, "job_id": "j"}), Command)  # type: ignore[arg-type]
+        PROTOCOL.loads(orjson.dumps({"type": tag, "job_id": "j"}), Command)  # type: ignore[arg-type]
     assert cattrs.transform_error(caught.value) == [
         f"invalid value for type, expected {Command!r} @ $.type"
     ]
@@ -260,7 +264,7 @@ def test_tagged_union_rejects_an_unknown_class_name(tag: Any) -> None:
 
 def test_tagged_union_rejects_a_missing_tag() -> None:
     with pytest.raises(ClassValidationError) as caught:
-        loads(b'{"job_id": "j"}', Command)  # type: ignore[arg-type]
+        PROTOCOL.loads(b'{"job_id": "j"}', Command)  # type: ignore[arg-type]
     assert cattrs.transform_error(caught.value) == ["required field missing @ $.type"]
 
 
@@ -269,7 +273,7 @@ def test_tagged_union_rejects_a_missing_tag() -> None:
 )
 def test_tagged_union_rejects_what_is_not_an_object(raw: bytes, kind: str) -> None:
     with pytest.raises(ClassValidationError) as caught:
-        loads(raw, Command)  # type: ignore[arg-type]
+        PROTOCOL.loads(raw, Command)  # type: ignore[arg-type]
     assert cattrs.transform_error(caught.value) == [
         f"invalid type (expected an object, got {kind}) @ $"
     ]
@@ -279,7 +283,7 @@ def test_tagged_union_errors_inside_a_record_carry_the_path() -> None:
     raw = as_json(Batch(datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC), Cancel("j")))
     raw["rest"] = [{"type": "Launch"}]
     with pytest.raises(ClassValidationError) as caught:
-        structure(raw, Batch)
+        PROTOCOL.structure(raw, Batch)
     assert cattrs.transform_error(caught.value) == [
         f"invalid value for type, expected {Command!r} @ $.rest[0].type"
     ]
@@ -294,7 +298,7 @@ def test_unknown_key_is_rejected_by_name(cls: type[Any], data: st.DataObject) ->
     raw = as_json(record)
     raw[key] = data.draw(JSON_VALUES)
     with pytest.raises(ClassValidationError) as caught:
-        loads(orjson.dumps(raw), cls)
+        converter_for(cls).loads(orjson.dumps(raw), cls)
     assert forbidden_keys(caught.value) == [{key}]
     assert cattrs.transform_error(caught.value) == [f"extra fields found ({key}) @ $"]
 
@@ -306,7 +310,7 @@ def test_unknown_key_in_a_nested_record_is_rejected_with_its_path(data: st.DataO
     raw = as_json(job)
     raw["usage"]["surprise"] = 1
     with pytest.raises(ClassValidationError) as caught:
-        structure(raw, actors.model.Job)
+        codec.structure(raw, actors.model.Job)
     assert forbidden_keys(caught.value) == [{"surprise"}]
     assert cattrs.transform_error(caught.value) == ["extra fields found (surprise) @ $.usage"]
 
@@ -315,6 +319,40 @@ def test_unknown_key_in_a_tagged_union_member_is_rejected() -> None:
     raw = as_json(Batch(datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC), Cancel("j")))
     raw["first"]["surprise"] = True
     with pytest.raises(ClassValidationError) as caught:
-        structure(raw, Batch)
+        PROTOCOL.structure(raw, Batch)
     assert forbidden_keys(caught.value) == [{"surprise"}]
     assert cattrs.transform_error(caught.value) == ["extra fields found (surprise) @ $.first"]
+
+
+def test_a_tagged_union_stays_with_the_converter_built_for_it() -> None:
+    def keys(converter: OrjsonConverter) -> set[str]:
+        return set(orjson.loads(converter.dumps(Cancel("j"), unstructure_as=Command)))
+
+    assert keys(PROTOCOL) == {"type", "job_id", "reason"}
+    assert keys(codec.converter) == {"job_id", "reason"}
+    assert keys(make_converter()) == {"job_id", "reason"}
+
+
+@pytest.mark.parametrize(
+    ("value", "cls"),
+    [
+        (1, str),
+        (None, str),
+        ("1", int),
+        (True, int),
+        (1.0, int),
+        ("no", bool),
+        (0, bool),
+        ("1.5", float),
+        (True, float),
+    ],
+)
+def test_a_scalar_of_another_json_type_is_refused(value: Any, cls: type[Any]) -> None:
+    with pytest.raises(WrongType):
+        codec.structure(value, cls)
+
+
+def test_an_integer_is_a_number() -> None:
+    decoded = codec.structure(2, float)
+    assert decoded == 2.0
+    assert type(decoded) is float

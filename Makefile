@@ -18,6 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check runtime actors tests examples benchmarks
 	$(BIN)/mypy --strict runtime actors
 	MYPYPATH=benchmarks $(BIN)/mypy --strict benchmarks/*.py
+	$(BIN)/lint-imports
 
 test: $(STAMP) lint
 	$(BIN)/pytest
@@ -25,6 +26,7 @@ test: $(STAMP) lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/runtime_bench.py
 	$(BIN)/python benchmarks/service_bench.py
+	$(BIN)/python benchmarks/jobs_bench.py
 
 serve: $(STAMP)
 	$(BIN)/python examples/server.py
@@ -34,4 +36,4 @@ format: $(STAMP)
 	$(BIN)/ruff format runtime actors tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

@@ -88,7 +88,7 @@ def build_upstream(config: ServiceConfig) -> Upstream:
 
 
 def service_spec(deps: ServiceDependencies) -> SupervisorSpec:
-    """The service supervisor's children but the sweeper, which needs the registry's ref."""
+    """The service supervisor and its static children, in start order."""
     return SupervisorSpec(
         strategy=Strategy.ONE_FOR_ONE,
         max_restarts=10,
@@ -98,6 +98,7 @@ def service_spec(deps: ServiceDependencies) -> SupervisorSpec:
             ChildSpec("notifier", functools.partial(Notifier, deps)),
             ChildSpec("registry", functools.partial(JobRegistry, deps)),
             ChildSpec("streams", SupervisorSpec(max_restarts=1_000_000, within=1.0)),
+            ChildSpec("sweeper", functools.partial(Sweeper, deps)),
         ],
     )
 
@@ -260,10 +261,7 @@ async def open_service(
         async with open_system() as system:
             deps = ServiceDependencies(config, stores, client, TrioWallClock(), new_id)
             spec = service_spec(deps)
-            sup = await system.spawn_supervisor(spec, name=SERVICE)
-            registry = system.lookup(REGISTRY)
-            assert registry is not None
-            await sup.start_child(ChildSpec("sweeper", functools.partial(Sweeper, deps, registry)))
+            await system.spawn_supervisor(spec, name=SERVICE)
             service = Service(system, deps, store)
             deps.metrics.watch_tree(system.snapshot)
             try:

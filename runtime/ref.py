@@ -204,10 +204,11 @@ class SupervisorRef(ActorRef):
     async def stop_child(self, name: str, timeout: float | None = None) -> bool:
         """Stop the child ``name`` for good (its grace time applies) and forget its spec.
 
-        Returns False if it was not running (its spec, if kept, is dropped
-        anyway). Raises :class:`RuntimeError` at once when the caller would
-        wait for itself: an actor stopping itself or an ancestor from its own
-        task, or calling from a hook while this supervisor starts or stops it.
+        Returns False if it was not running, like a transient child that
+        stopped normally (its spec, if kept, is dropped anyway). Raises
+        :class:`RuntimeError` at once when the caller would wait for itself:
+        an actor stopping itself or an ancestor from its own task, or calling
+        from a hook while this supervisor starts or stops it.
         """
         self._supervisor().refuse_reentry(f"stop {name!r}", name)
         stopped: bool = await self.ask(StopChild(name), timeout=timeout)

@@ -28,9 +28,11 @@ class ActorState(enum.Enum):
 class ActorSnapshot:
     """One node of :meth:`ActorSystem.snapshot`.
 
-    ``kind`` is ``"actor"`` or ``"supervisor"``. ``mailbox_capacity`` is ``None`` for an unbounded mailbox (a
-    supervisor's). ``restarts`` counts restarts of this node; it is counted
-    before the restarted actor handles its next message.
+    ``kind`` is ``"actor"`` or ``"supervisor"``. ``mailbox_capacity`` is
+    ``None`` for an unbounded mailbox (a supervisor's). ``restarts`` counts
+    restarts of this path within its supervisor's current run, failed
+    attempts included; it is counted before the restarted actor handles its
+    next message. A child down for a restart shows as ``restarting``.
     """
 
     path: str

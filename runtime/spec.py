@@ -42,7 +42,9 @@ def _finite_at_least_zero(owner: str) -> Callable[[Any, attrs.Attribute[Any], fl
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError(f"{owner}.{attribute.name} must be a number, got {value!r}")
         if not (0 <= value < math.inf):
-            raise ValueError(f"{owner}.{attribute.name} must be finite and at least 0, got {value!r}")
+            raise ValueError(
+                f"{owner}.{attribute.name} must be finite and at least 0, got {value!r}"
+            )
 
     return check
 

@@ -258,14 +258,17 @@ class SupervisorCell(Cell):
                 self._forget(cell, await self._stop(cell))
 
     async def _stop_for_good(self, name: str) -> bool:
-        """Stop the child ``name`` and drop its spec; True if it was running."""
+        """Stop the child ``name`` and drop its spec.
+
+        True if it had a live cell: running, or just ended and not yet seen
+        (its exit report may still be queued behind this request).
+        """
         self._specs.pop(name, None)
         cell = self._children.get(name)
         if cell is None:
             return False
-        was_running = cell.is_running
         self._forget(cell, await self._stop(cell))
-        return was_running
+        return True
 
     def _forget(self, cell: Cell, exit: Exit) -> None:
         """Drop the cell for good; a temporary child's spec goes with it."""

@@ -264,7 +264,8 @@ def build_app(
         who = principal(request)
         if not who.admin:
             raise ApiError(403, "forbidden", "this needs a token with the admin claim")
-        return JSONResponse(codec.unstructure(service.snapshot()))
+        # orjson renders the snapshot's enums; the stdlib encoder would not.
+        return Response(codec.dumps(service.snapshot()), media_type="application/json")
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())

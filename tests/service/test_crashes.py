@@ -230,3 +230,46 @@ async def test_a_registry_crash_on_the_final_report_still_completes_the_job(
         assert view.content == answer
         notes = await notifications_by_job(service)
         assert len(notes[job.id]) == 1
+
+
+async def check_the_facade_survives_a_service_restart(service: Service, answer: str) -> None:
+    done = await service.start_job(ALICE, chat(message_id="done"))
+    done_view = await wait_finished(service, done.id, timeout=WAIT)
+    notified = await service.list_notifications(ALICE)
+    for _ in range(11):
+        await crash(service, "service/store")
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.fail_after(WAIT):
+        while True:
+            if await service.ready():
+                break
+            await trio.sleep(0.01)
+    assert restarts(service, "service") == 1
+    assert restarts(service, "service/store") == 0
+    assert service.snapshot().find("service/sweeper") is not None
+    assert await service.get_job(ALICE, done.id) == done_view
+    assert await service.list_notifications(ALICE) == notified
+    after = await service.start_job(ALICE, chat(message_id="after"))
+    after_view = await wait_finished(service, after.id, timeout=WAIT)
+    assert (after_view.status, after_view.content) == (JobStatus.COMPLETE, answer)
+    assert [job.id for job in await service.list_jobs(ALICE)] == [after.id, done.id]
+
+
+async def test_the_facade_works_again_after_the_service_supervisor_itself_restarts(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Crashing ``service/store`` past the service supervisor's intensity (10 in 60 s)
+    makes ``service`` give up and the root restart it, with new actors at the old
+    paths: the facade's refs follow them, so every call works again."""
+    answer = await expected_answer()
+    async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        await check_the_facade_survives_a_service_restart(service, answer)
+
+
+async def test_the_facade_works_again_after_a_service_restart_on_sqlite(tmp_path: Path) -> None:
+    """The same on SQLite, on the real clock (its writer thread does not follow a
+    mock clock): the finished job is read back from the database."""
+    answer = await expected_answer()
+    settings = config(tmp_path, store="sqlite")
+    async with open_service(settings, upstream=SimulatedUpstream(math.inf)) as service:
+        await check_the_facade_survives_a_service_restart(service, answer)

@@ -103,7 +103,7 @@ class Notifier(Actor):
                 )
                 self._followers[owner].append(send)
                 return receive
-        raise TypeError(f"Notifier does not handle {type(message).__name__}")
+        self.unhandled(message)
 
     async def _on_job_finished(self, job: Job, watched: bool) -> Notification | None:
         if watched or job.status not in (JobStatus.COMPLETE, JobStatus.ERROR):

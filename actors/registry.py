@@ -180,7 +180,7 @@ class JobRegistry(Actor):
             case InterruptAll(reason):
                 return await self._interrupt_all(reason)
             case _:
-                raise TypeError(f"JobRegistry does not handle {type(message).__name__}")
+                self.unhandled(message)
         return None
 
     # -- the owner's requests ----------------------------------------------------

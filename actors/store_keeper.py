@@ -27,4 +27,4 @@ class StoreKeeper(Actor):
         if isinstance(message, Ping):
             await self._store.ping()
             return None
-        raise TypeError(f"StoreKeeper does not handle {type(message).__name__}")
+        self.unhandled(message)

@@ -13,7 +13,6 @@ closes the HTTP response, and ``on_stop`` stores the deltas not yet written.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import structlog
 import trio
@@ -65,9 +64,6 @@ class StreamActor(Actor):
         self._store = await self._deps.stores.get()
         self.context.start_task(self._write_deltas)
         self.context.start_task(self._stream)
-
-    async def handle(self, message: Any) -> Any:
-        raise TypeError(f"StreamActor does not handle {type(message).__name__}")
 
     async def on_stop(self, reason: ExitReason) -> None:
         while True:

@@ -38,7 +38,7 @@ class Sweeper(Actor):
     async def handle(self, message: Any) -> Any:
         if isinstance(message, Sweep):
             return await self._sweep()
-        raise TypeError(f"Sweeper does not handle {type(message).__name__}")
+        self.unhandled(message)
 
     async def _tick(self) -> None:
         while True:

@@ -101,4 +101,4 @@ class HttpAdapter(Actor):
             with trio.move_on_after(message.grace + 1.0):
                 await self._served.wait()
             return None
-        raise TypeError(f"HttpAdapter does not handle {type(message).__name__}")
+        self.unhandled(message)

@@ -6,7 +6,7 @@ Usage::
                                     [--rate 20] [--systems troupe,relay] [--json PATH]
 
 ``--help`` lists the rest (ramp, users, follower processes, poll rate, lag limit,
-attempts).
+attempts). ``--report PATH`` prints the tables of a run saved with ``--json``.
 
 Every rung of the ladder starts fresh processes, all on 127.0.0.1 at free ports:
 
@@ -35,7 +35,8 @@ A system holds N when every job is complete and exact, all N streams were open a
 once, and the p99 lag is under ``--lag-limit`` ms (250). Both systems climb the
 same ladder, alternating; a missed rung is run again (``--attempts``, 2 runs in
 all) before the system stops climbing. The table shows the largest N held, the
-figures at that N, the first N missed, and the troupe/relay ratios. Everything
+figures at that N, the first N missed, and the troupe/relay ratios; a second table
+sets both systems side by side at the largest N both held. Everything
 shares the machine: on 2 cores the load generators take a share of what the
 server could use, in both systems alike, and so does anything else running;
 compare the ratios.
@@ -315,8 +316,7 @@ class _Load:
 async def run_rung(system: str, n: int, settings: Settings, workdir: Path) -> RungResult:
     """Run ``n`` jobs through ``system`` ("troupe" or "relay") with fresh processes."""
     routes = SYSTEMS[system]
-    rundir = workdir / f"{system}-{n}"
-    rundir.mkdir()
+    rundir = Path(tempfile.mkdtemp(prefix=f"{system}-{n}-", dir=workdir))
     python = sys.executable
     upstream_argv = [python, str(HERE / "jobs_upstream.py")]
     upstream_argv += ["--tokens", str(settings.tokens), "--rate", str(settings.rate)]
@@ -640,17 +640,97 @@ def summary_table(rungs: dict[str, list[RungResult]], settings: Settings) -> Tab
         )
     troupe, relay = held.get(TROUPE.name), held.get(RELAY.name)
     if troupe is not None and relay is not None:
+        # Lag and poll latency at two different N say nothing: see the table at one N.
         table.add_row(
             "troupe / relay",
             _ratio(troupe.n, relay.n),
-            _ratio(troupe.lag_ms[1], relay.lag_ms[1]),
+            "-",
             _ratio(troupe.cpu_ms_per_1k_tokens, relay.cpu_ms_per_1k_tokens),
             _ratio(troupe.rss_kb_per_job, relay.rss_kb_per_job),
-            _ratio(troupe.poll_ms[1], relay.poll_ms[1]),
+            "-",
             "",
             "",
         )
     return table
+
+
+def same_n_table(rungs: dict[str, list[RungResult]], settings: Settings) -> Table | None:
+    """Both systems at the largest N both held; None if there is no such N."""
+    best: dict[str, RungResult] = {}
+    for system in (TROUPE.name, RELAY.name):
+        held = [r for r in rungs.get(system, []) if r.held(settings)]
+        common = {r.n for r in held}
+        for other in rungs:
+            common &= {r.n for r in rungs[other] if r.held(settings)}
+        if not held or not common:
+            return None
+        n = max(common)
+        best[system] = min((r for r in held if r.n == n), key=lambda r: r.lag_ms[1])
+    n = best[TROUPE.name].n
+    table = Table(title=f"both systems at N = {n}, the largest N both held")
+    for header in (
+        "system",
+        "lag p50 / p99 / max",
+        "server CPU / 1k tokens",
+        "server CPU",
+        "RSS / job",
+        "poll p50 / p99",
+        "load gen CPU (upstream / followers)",
+    ):
+        table.add_column(header, justify="left" if header == "system" else "right")
+
+    def row(r: RungResult) -> list[str]:
+        return [
+            r.system,
+            " / ".join(f"{value:,.0f}" for value in r.lag_ms) + " ms",
+            f"{r.cpu_ms_per_1k_tokens:,.0f} ms",
+            f"{r.share(r.server_cpu_s):.0f}% of a core",
+            f"{r.rss_kb_per_job:,.1f} KB",
+            f"{r.poll_ms[0]:,.1f} / {r.poll_ms[1]:,.1f} ms",
+            f"{r.share(r.upstream_cpu_s):.0f}% / {r.share(r.followers_cpu_s):.0f}%",
+        ]
+
+    troupe, relay = best[TROUPE.name], best[RELAY.name]
+    table.add_row(*row(troupe))
+    table.add_row(*row(relay))
+    table.add_row(
+        "troupe / relay",
+        " / ".join(_ratio(t, r) for t, r in zip(troupe.lag_ms, relay.lag_ms, strict=True)),
+        _ratio(troupe.cpu_ms_per_1k_tokens, relay.cpu_ms_per_1k_tokens),
+        _ratio(troupe.server_cpu_s, relay.server_cpu_s),
+        _ratio(troupe.rss_kb_per_job, relay.rss_kb_per_job),
+        " / ".join(_ratio(t, r) for t, r in zip(troupe.poll_ms, relay.poll_ms, strict=True)),
+        "",
+    )
+    return table
+
+
+def print_tables(console: Console, rungs: dict[str, list[RungResult]], settings: Settings) -> None:
+    console.print(summary_table(rungs, settings))
+    if (same := same_n_table(rungs, settings)) is not None:
+        console.print(same)
+    console.print(
+        "lag = follower receipt - upstream send stamp, every token; CPU from /proc/<pid>/stat "
+        "over the rung; RSS = peak minus idle VmRSS / N; load gen in % of one core. "
+        "Everything shares the machine: compare the ratios.",
+        highlight=False,
+    )
+
+
+def _from_json(cls: type[Any], data: dict[str, Any]) -> Any:
+    names = {field.name for field in attrs.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+def load_report(path: Path) -> tuple[dict[str, list[RungResult]], Settings]:
+    """The rungs and settings of a run saved with ``--json``."""
+    document = orjson.loads(path.read_bytes())
+    settings: Settings = _from_json(Settings, document["settings"])
+    rungs = {
+        system: [_from_json(RungResult, r) for r in results]
+        for system, results in document["rungs"].items()
+    }
+    return rungs, settings
 
 
 def _parse_ladder(text: str) -> tuple[int, ...]:
@@ -667,7 +747,8 @@ def _parse_systems(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def parse_settings(argv: list[str] | None) -> tuple[Settings, Path | None]:
+def parse_settings(argv: list[str] | None) -> tuple[Settings, Path | None, Path | None]:
+    """The settings, the ``--json`` path and the ``--report`` path from the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="one small case, correctness only")
     parser.add_argument("--ladder", type=_parse_ladder, help="job counts to try, e.g. 50,100,200")
@@ -688,6 +769,9 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, Path | None]:
         help="which systems to measure: troupe,relay (both)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
+    parser.add_argument(
+        "--report", type=Path, metavar="PATH", help="print the tables of a --json file; run nothing"
+    )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     settings = Settings(
@@ -707,17 +791,21 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, Path | None]:
         parser.error("--tokens, --users, --followers and --attempts must be >= 1")
     if settings.rate <= 0 or settings.poll_rate <= 0:
         parser.error("--rate and --poll-rate must be > 0")
-    return settings, args.json
+    return settings, args.json, args.report
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the search (or the quick case), print the table; 1 if a quick case was wrong."""
-    settings, json_path = parse_settings(argv)
+    settings, json_path, report = parse_settings(argv)
+    # A table written to a pipe or a file keeps its width.
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if report is not None:
+        saved, saved_settings = load_report(report)
+        print_tables(console, saved, saved_settings)
+        return 0
     # Every job holds two sockets on the server; make room for them in every child.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # A table written to a pipe or a file keeps its width.
-    console = Console(width=None if sys.stdout.isatty() else 160)
     info = machine(PACKAGES)
     print_machine(console, info, PACKAGES)
     console.print(
@@ -730,13 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("[yellow]quick run: correctness only, the figures mean nothing[/]")
     with tempfile.TemporaryDirectory(prefix="troupe-jobs-bench-") as directory:
         rungs = trio.run(search, settings, Path(directory))
-    console.print(summary_table(rungs, settings))
-    console.print(
-        "lag = follower receipt - upstream send stamp, every token; CPU from /proc/<pid>/stat "
-        "over the rung; RSS = peak minus idle VmRSS / N; load gen in % of one core. "
-        "Everything shares the machine: compare the ratios.",
-        highlight=False,
-    )
+    print_tables(console, rungs, settings)
     if json_path is not None:
         document = {
             "machine": info,

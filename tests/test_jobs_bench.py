@@ -62,6 +62,16 @@ def test_quick_case_is_complete_and_exact_on_both_systems(tmp_path: Path) -> Non
         assert rung["tokens_delivered"] == QUICK_JOBS * QUICK_TOKENS, system
         assert rung["poll_failures"] == 0, system
     assert document["held"] == {"troupe": QUICK_JOBS, "relay": QUICK_JOBS}
+    reprinted = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "jobs_bench.py"), "--report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        check=False,
+    )
+    assert reprinted.returncode == 0, reprinted.stderr
+    assert f"both systems at N = {QUICK_JOBS}" in reprinted.stdout
 
 
 def test_an_exact_stream_passes_even_cut_mid_event(follower: ModuleType) -> None:

@@ -34,7 +34,8 @@ from actors.dependencies import (
     new_id,
 )
 from actors.errors import ServiceError, UserKeyNotAllowed
-from actors.following import JobFollower, NotificationFollower
+from actors.jobs.following import JobFollower, NotificationFollower
+from actors.jobs.registry import JobRegistry
 from actors.messages import (
     AbortJob,
     BeginDrain,
@@ -52,8 +53,7 @@ from actors.messages import (
     SweepResult,
 )
 from actors.model import Job, JobStatus, Notification, Owner
-from actors.notifier import Notifier
-from actors.registry import JobRegistry
+from actors.notifications.notifier import Notifier
 from actors.store_keeper import StoreKeeper
 from actors.stores import Store, StoreFactory
 from actors.sweeper import Sweeper

@@ -18,8 +18,8 @@ from sse_starlette import ServerSentEvent
 
 from actors.api import DeltaEvent, JobEvent, SnapshotEvent, StatusEvent
 from actors.errors import JobNotFound
-from actors.following import Follower, JobFollower, NotificationFollower
 from actors.http.schemas import delta_json, job_json, notification_json, status_json
+from actors.jobs.following import Follower, JobFollower, NotificationFollower
 from actors.model import JobStatus, Notification
 
 __all__ = ["ShutdownSignal", "foreground_stream", "job_stream", "notification_stream"]

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from actors.cli import app
+from actors.client.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
@@ -124,12 +124,12 @@ def example_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 def run_cli(
     server: ServerProcess, *args: str, token: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m actors.cli ARGS`` in a child process, pointed at ``server``."""
+    """``python -m actors.client.cli ARGS`` in a child process, pointed at ``server``."""
     env = dict(server.env, TROUPE_URL=server.url)
     if token:
         env["TROUPE_TOKEN"] = server.dev_token
     return subprocess.run(
-        [sys.executable, "-m", "actors.cli", *args],
+        [sys.executable, "-m", "actors.client.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -281,7 +281,7 @@ def test_bad_configuration_exits_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["examples/server.py"], ["-m", "actors.cli", "serve"]],
+    [["examples/server.py"], ["-m", "actors.client.cli", "serve"]],
     ids=["example", "troupe-serve"],
 )
 def test_server_runs_until_sigint_then_exits_0(command: list[str], tmp_path: Path) -> None:
@@ -302,7 +302,7 @@ def test_ctrl_c_detaches_and_follow_reattaches(tmp_path: Path) -> None:
     try:
         env = dict(server.env, TROUPE_URL=server.url, TROUPE_TOKEN=server.dev_token)
         cli = subprocess.Popen(
-            [sys.executable, "-m", "actors.cli", "submit", "wait for me"],
+            [sys.executable, "-m", "actors.client.cli", "submit", "wait for me"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.client import (
+from actors.client.client import (
     ServerEvent,
     TroupeClient,
     TroupeConnectionError,

@@ -20,7 +20,7 @@ from actors import (
     StatusEvent,
     open_service,
 )
-from actors.following import JobFollower
+from actors.jobs.following import JobFollower
 from actors.upstream import SimulatedUpstream
 from tests.service.kit import ALICE, BOB, chat, config, reached_seq, wait_finished, wait_until
 

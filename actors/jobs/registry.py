@@ -2,7 +2,7 @@
 
 It holds the running jobs in memory and writes every status change to the
 store before it answers. Each running job has a
-:class:`~actors.stream.StreamActor` (a temporary child of ``service/streams``)
+:class:`~actors.jobs.stream.StreamActor` (a temporary child of ``service/streams``)
 that talks to the upstream and writes the job's deltas; the registry writes
 everything else. Because one actor decides, the caps are exact and a terminal
 status is final: a late completion after an abort finds no running job and
@@ -23,6 +23,7 @@ import trio
 from actors.api import ChatRequest, DeltaEvent, JobEvent, StatusEvent
 from actors.dependencies import NOTIFIER, STREAMS, ServiceDependencies
 from actors.errors import ServerBusy, ServiceError, TooManyJobs
+from actors.jobs.stream import StreamActor
 from actors.messages import (
     AbortJob,
     BeginDrain,
@@ -42,7 +43,6 @@ from actors.messages import (
 )
 from actors.model import Delta, Job, JobStatus, Owner, Usage
 from actors.stores import Store
-from actors.stream import StreamActor
 from actors.upstream import UpstreamRequest
 from runtime import (
     Actor,

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from actors.client import TroupeClient, TroupeConnectionError, TroupeError
+from actors.client.client import TroupeClient, TroupeConnectionError, TroupeError
 from actors.config import ConfigError, ServiceConfig, load_config
 from actors.http.auth import TokenAuthority, load_secret
 

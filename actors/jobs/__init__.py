@@ -1,0 +1,1 @@
+"""Jobs: the registry (lifecycle and caps), one stream actor per running job, and followers."""

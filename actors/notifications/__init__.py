@@ -1,0 +1,1 @@
+"""Notifications: the notifier actor, which decides, stores and delivers them."""

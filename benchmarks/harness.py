@@ -1,8 +1,9 @@
 """What every troupe benchmark shares: sides, repeats, results and their table.
 
-Each benchmark times troupe and a baseline in the same process, warms both up
-on a tenth of the work, then runs them alternately ``REPEATS`` times; a side's
-rate is its best repeat. Compare the ratio, not the absolute rates.
+Each benchmark times troupe and a baseline (or several) in the same process,
+warms every side up on a tenth of the work, then runs them in turn
+``REPEATS`` times; a side's rate is its best repeat. Compare the ratio, not
+the absolute rates.
 """
 
 from __future__ import annotations
@@ -77,13 +78,18 @@ class Side:
 
 @attrs.frozen
 class Benchmark:
-    """A troupe measurement and its baseline; ``unit`` names what is counted per second."""
+    """A troupe measurement and its baseline; ``unit`` names what is counted per second.
+
+    ``target`` is the least ratio to ``baseline`` that passes. ``more_baselines``
+    are also timed in the same turns, and reported with their ratios but no target.
+    """
 
     name: str
     unit: str
     troupe: Side
     baseline: Side
     target: float | None
+    more_baselines: tuple[Side, ...] = ()
 
 
 @attrs.frozen
@@ -113,10 +119,14 @@ class BenchmarkResult:
     troupe: SideResult
     baseline: SideResult
     target: float | None
+    more_baselines: tuple[SideResult, ...] = ()
 
     @property
     def ratio(self) -> float:
-        return self.troupe.rate / self.baseline.rate
+        return self.ratio_to(self.baseline)
+
+    def ratio_to(self, baseline: SideResult) -> float:
+        return self.troupe.rate / baseline.rate
 
     @property
     def verdict(self) -> str:
@@ -126,7 +136,7 @@ class BenchmarkResult:
         return "PASS" if self.ratio >= self.target else "MISS"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "name": self.name,
             "unit": self.unit,
             "troupe": _side_json(self.troupe),
@@ -135,6 +145,11 @@ class BenchmarkResult:
             "target": self.target,
             "verdict": self.verdict,
         }
+        if self.more_baselines:
+            document["more_baselines"] = [
+                {**_side_json(side), "ratio": self.ratio_to(side)} for side in self.more_baselines
+            ]
+        return document
 
 
 def _side_json(side: SideResult) -> dict[str, Any]:
@@ -155,25 +170,24 @@ def measure(timed: Timed, n: int) -> float:
 
 
 def run_benchmark(bench: Benchmark, repeats: int = REPEATS) -> BenchmarkResult:
-    """Warm up both sides, then time ``repeats`` alternating runs of each.
+    """Warm up every side, then time ``repeats`` turns of each side in order.
 
+    Taking turns spreads a drift in the machine's speed over every side.
     Blocks for the whole run. Raises :class:`BenchmarkError` if a side did
     not do its work.
     """
-    sides = (bench.troupe, bench.baseline)
+    sides = (bench.troupe, bench.baseline, *bench.more_baselines)
     for side in sides:
         measure(side.timed, max(1, side.n // WARMUP_FRACTION))
-    samples: dict[str, list[float]] = {side.label: [] for side in sides}
+    samples: list[list[float]] = [[] for _ in sides]
     for _ in range(repeats):
-        for side in sides:
-            samples[side.label].append(measure(side.timed, side.n))
-    return BenchmarkResult(
-        bench.name,
-        bench.unit,
-        SideResult(bench.troupe.label, bench.troupe.n, tuple(samples[bench.troupe.label])),
-        SideResult(bench.baseline.label, bench.baseline.n, tuple(samples[bench.baseline.label])),
-        bench.target,
+        for side, seconds in zip(sides, samples, strict=True):
+            seconds.append(measure(side.timed, side.n))
+    troupe, baseline, *more = (
+        SideResult(side.label, side.n, tuple(seconds))
+        for side, seconds in zip(sides, samples, strict=True)
     )
+    return BenchmarkResult(bench.name, bench.unit, troupe, baseline, bench.target, tuple(more))
 
 
 def machine(packages: Iterable[str] = ()) -> dict[str, Any]:
@@ -242,4 +256,12 @@ def results_table(results: list[BenchmarkResult], title: str) -> Table:
             f"{result.ratio:.2f}x",
             ("-" if result.target is None else f">= {result.target:g}x") + verdict,
         )
+        for baseline in result.more_baselines:
+            table.add_row(
+                f"[dim]vs {baseline.label}[/]",
+                f"{rate(result.troupe.rate)} {result.unit}\n[dim]same runs[/]",
+                f"{rate(baseline.rate)} {result.unit}\n[dim]n={baseline.n:,}[/]",
+                f"{result.ratio_to(baseline):.2f}x",
+                "-",
+            )
     return table

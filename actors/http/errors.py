@@ -1,19 +1,35 @@
-"""API errors: ``{"error": {"code", "message"}}`` with the right status."""
+"""API errors: the two error shapes, and the one table from service errors to HTTP.
+
+The v1 routes answer ``{"error": {"code", "message"}}``; the seed's ``/api/...``
+routes answer ``{"error": "<message>"}``, as the seed app did. A route lets a
+service error (:mod:`actors.errors`) propagate, and :func:`service_error_handler`
+answers it from :data:`SERVICE_ERRORS` in the shape of the route's family.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import attrs
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from actors.errors import JobNotFound, ServerBusy, ServiceError, TooManyJobs, UserKeyNotAllowed
+
 __all__ = [
     "SEED_PREFIX",
+    "SERVICE_ERRORS",
     "ApiError",
+    "ErrorAnswer",
+    "SeedError",
+    "answer_for",
+    "api_error_handler",
     "error_response",
     "http_exception_handler",
     "internal_error_handler",
+    "seed_error_handler",
+    "service_error_handler",
 ]
 
 # The seed's routes live here; their errors are ``{"error": "<message>"}``.
@@ -34,8 +50,46 @@ _CODES = {
 }
 
 
+@attrs.frozen
+class ErrorAnswer:
+    """How both route families answer one kind of service error.
+
+    ``message`` is the v1 message; None means the error's own text. ``headers``
+    go with the v1 answer only: the seed's answers keep the seed's bare shape.
+    """
+
+    status: int
+    code: str
+    seed_message: str
+    message: str | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+SERVICE_ERRORS: Mapping[type[ServiceError], ErrorAnswer] = {
+    ServerBusy: ErrorAnswer(
+        503, "server_busy", "Server busy, try again later", headers={"Retry-After": "5"}
+    ),
+    TooManyJobs: ErrorAnswer(429, "too_many_jobs", "Too many background jobs, try again later"),
+    UserKeyNotAllowed: ErrorAnswer(403, "user_key_not_allowed", "User API keys are not allowed"),
+    JobNotFound: ErrorAnswer(
+        404, "not_found", "Job not found or unauthorized", message="no such job"
+    ),
+}
+"""Every service error the facade raises, by class: a subclass answers as its
+nearest listed base."""
+
+
+def answer_for(error: ServiceError) -> ErrorAnswer | None:
+    """The answer to ``error`` from :data:`SERVICE_ERRORS`, or None if it lists no base of it."""
+    for cls in type(error).__mro__:
+        answer = SERVICE_ERRORS.get(cls)
+        if answer is not None:
+            return answer
+    return None
+
+
 class ApiError(Exception):
-    """Raised by a route; rendered as the error shape with ``status``."""
+    """Raised by a v1 route; rendered as the v1 error shape with ``status``."""
 
     def __init__(
         self,
@@ -51,6 +105,15 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+class SeedError(Exception):
+    """Raised by a seed route; rendered as ``{"error": "<message>"}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -59,9 +122,34 @@ def error_response(
     )
 
 
+def _is_seed(request: Request) -> bool:
+    return request.url.path.startswith(SEED_PREFIX)
+
+
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def seed_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SeedError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def service_error_handler(request: Request, exc: Exception) -> Response:
+    """A service error in the shape of the route's family, from :data:`SERVICE_ERRORS`.
+
+    Only routes raise these, so the path tells the family. An error the table
+    does not list is a 500.
+    """
+    assert isinstance(exc, ServiceError)
+    answer = answer_for(exc)
+    if answer is None:
+        return await internal_error_handler(request, exc)
+    if _is_seed(request):
+        return JSONResponse({"error": answer.seed_message}, status_code=answer.status)
+    message = (str(exc) or answer.code) if answer.message is None else answer.message
+    return error_response(answer.status, answer.code, message, answer.headers)
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
@@ -79,6 +167,6 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
 
 async def internal_error_handler(request: Request, exc: Exception) -> Response:
     """A 500 in the error shape of the route's family (the seed's ``/api/...`` or v1)."""
-    if request.url.path.startswith(SEED_PREFIX):
+    if _is_seed(request):
         return JSONResponse({"error": "Internal server error"}, status_code=500)
     return error_response(500, "internal_error", "internal error; see the server log")

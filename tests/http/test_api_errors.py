@@ -1,4 +1,5 @@
-"""Rejected requests over real HTTP: status, the one error shape, and no side effects."""
+"""Rejected requests over real HTTP: status, the one error shape, and no side effects; and
+the one table from service errors to HTTP answers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import httpx
 import orjson
 import pytest
 import trio
+from starlette.requests import Request
+from starlette.responses import Response
 
+import actors.errors
+from actors.errors import ServerBusy, ServiceError
+from actors.http.errors import SERVICE_ERRORS, answer_for, service_error_handler
 from tests.http.conftest import ApiServer, OpenApiServer, chat_body
 
 MAX_BODY = 300_000
@@ -238,3 +244,55 @@ async def test_missing_job_is_404_in_the_error_shape(api_server: ApiServer) -> N
     async with api_server.client() as client:
         response = await client.get("/v1/jobs/does-not-exist", headers=api_server.auth())
         assert_error(response, 404, "not_found")
+
+
+# -- the table from service errors to HTTP -------------------------------------------
+
+
+def _request(path: str) -> Request:
+    return Request({"type": "http", "method": "GET", "path": path, "headers": []})
+
+
+def test_every_service_error_has_an_answer_in_the_table() -> None:
+    declared = {getattr(actors.errors, name) for name in actors.errors.__all__}
+    raised = {cls for cls in declared if issubclass(cls, ServiceError) and cls is not ServiceError}
+    assert raised
+    assert raised == set(SERVICE_ERRORS)
+
+
+async def test_a_service_error_answers_in_the_shape_of_its_route_family() -> None:
+    class Overloaded(ServerBusy):
+        """A subclass answers as its nearest listed base."""
+
+    error = Overloaded("the server runs 20 jobs")
+    v1 = await service_error_handler(_request("/v1/jobs"), error)
+    assert v1.status_code == 503
+    assert v1.headers["retry-after"] == "5"
+    assert orjson.loads(bytes(v1.body)) == {
+        "error": {"code": "server_busy", "message": "the server runs 20 jobs"}
+    }
+    seed = await service_error_handler(_request("/api/openrouter/stream"), error)
+    assert seed.status_code == 503
+    assert "retry-after" not in seed.headers
+    assert orjson.loads(bytes(seed.body)) == {"error": "Server busy, try again later"}
+
+
+async def test_a_service_error_the_table_does_not_list_is_a_500() -> None:
+    class Unlisted(ServiceError):
+        pass
+
+    assert answer_for(Unlisted("x")) is None
+    v1 = await service_error_handler(_request("/v1/jobs/j"), Unlisted("secret detail"))
+    assert_error_body(v1, 500, "internal_error")
+    seed = await service_error_handler(_request("/api/jobs/j/status"), Unlisted("secret detail"))
+    assert seed.status_code == 500
+    assert orjson.loads(bytes(seed.body)) == {"error": "Internal server error"}
+    assert b"secret detail" not in bytes(v1.body) + bytes(seed.body)
+
+
+def assert_error_body(response: Response, status: int, code: str) -> None:
+    assert response.status_code == status
+    body = orjson.loads(bytes(response.body))
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]

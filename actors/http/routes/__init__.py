@@ -1,0 +1,98 @@
+"""The routes, by family: :mod:`.v1`, :mod:`.seed` and :mod:`.ops`.
+
+Endpoints are module-level functions. What they depend on is one
+:class:`RouteDependencies` that :func:`~actors.http.app.build_app` puts at
+``app.state.dependencies``; this module holds that and the few request
+helpers every family uses.
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import Any
+
+import attrs
+import orjson
+from starlette.requests import Request
+
+from actors.http.auth import AuthError, Principal, TokenAuthority
+from actors.http.errors import ApiError
+from actors.http.events import ShutdownSignal
+from actors.service import Service
+
+__all__ = [
+    "USER_KEY_HEADER",
+    "RouteDependencies",
+    "dependencies",
+    "principal",
+    "read_json",
+    "user_key",
+]
+
+# The header that carries a caller's own upstream key.
+USER_KEY_HEADER = "x-upstream-api-key"
+
+
+@attrs.frozen
+class RouteDependencies:
+    """What the endpoints use: the facade, the token authority, the shutdown signal
+    that ends event streams, the keep-alive interval of those streams (seconds), and
+    the request body cap (bytes)."""
+
+    service: Service
+    tokens: TokenAuthority
+    shutdown: ShutdownSignal
+    keepalive: float
+    max_body_bytes: int
+
+
+def dependencies(request: Request) -> RouteDependencies:
+    """The app's :class:`RouteDependencies`."""
+    found = request.app.state.dependencies
+    assert isinstance(found, RouteDependencies)
+    return found
+
+
+def principal(request: Request) -> Principal:
+    """The caller, from its bearer token.
+
+    Raises :class:`ApiError` 401 (with ``WWW-Authenticate``) without a valid one.
+    """
+    try:
+        return dependencies(request).tokens.verify(request.headers.get("authorization"))
+    except AuthError as error:
+        raise ApiError(
+            401, "unauthorized", str(error), {"WWW-Authenticate": 'Bearer realm="troupe"'}
+        ) from None
+
+
+async def read_json(request: Request) -> Any:
+    """The body, parsed as JSON.
+
+    Raises :class:`ApiError` 413 as soon as it is known to be larger than the
+    cap (by its ``Content-Length``, or while reading it), and 400 if it is not
+    JSON.
+    """
+    max_body = dependencies(request).max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body:
+        raise ApiError(413, "payload_too_large", f"the body may be at most {max_body} bytes")
+    body = bytearray()
+    # Closed explicitly: a generator left to the garbage collector after an early
+    # exit is finalized outside this request, with a warning.
+    async with aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > max_body:
+                raise ApiError(
+                    413, "payload_too_large", f"the body may be at most {max_body} bytes"
+                )
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+
+
+def user_key(request: Request) -> str | None:
+    """The caller's own upstream key, if the request carries one."""
+    return request.headers.get(USER_KEY_HEADER) or None

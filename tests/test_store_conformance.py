@@ -259,6 +259,158 @@ async def test_get_deltas_after_seq(store: Store) -> None:
     assert await store.get_deltas("no-such-job") == []
 
 
+async def test_append_many_grows_several_jobs_in_one_call(store: Store) -> None:
+    a, b, c = make_job(), make_job(BOB), make_job()
+    for job in (a, b, c):
+        await store.create_job(job)
+
+    await store.append_many(
+        {
+            a.id: deltas(a.id, (1, "al", "x"), (2, "pha", "")),
+            b.id: deltas(b.id, (1, "beta", "y")),
+            c.id: [],
+        }
+    )
+
+    got = {job.id: await store.get_job(job.id) for job in (a, b, c)}
+    assert [(j.content, j.reasoning, j.chunks_received, j.last_seq) for j in got.values() if j] == [
+        ("alpha", "x", 2, 2),
+        ("beta", "y", 1, 1),
+        ("", "", 0, 0),
+    ]
+    assert [d.content for d in await store.get_deltas(a.id)] == ["al", "pha"]
+    assert await store.get_deltas(b.id) == deltas(b.id, (1, "beta", "y"))
+    assert await store.get_deltas(c.id) == []
+
+
+async def test_append_many_applies_the_skip_rules_to_each_job_on_its_own(store: Store) -> None:
+    ahead, fresh = make_job(), make_job()
+    await store.create_job(ahead)
+    await store.create_job(fresh)
+    await store.append_deltas(ahead.id, deltas(ahead.id, (1, "a", ""), (2, "b", "")))
+
+    await store.append_many(
+        {
+            # Seen seqs, a repeat within the batch (the first one counts), out of order.
+            ahead.id: deltas(ahead.id, (2, "X", ""), (4, "d", ""), (3, "c", ""), (4, "Y", "")),
+            # Seq 1 and 2 are new for this job, whatever the other job has.
+            fresh.id: deltas(fresh.id, (2, "2", ""), (1, "1", ""), (1, "Z", "")),
+        }
+    )
+
+    got_ahead, got_fresh = await store.get_job(ahead.id), await store.get_job(fresh.id)
+    assert got_ahead is not None and got_fresh is not None
+    assert (got_ahead.content, got_ahead.chunks_received, got_ahead.last_seq) == ("abcd", 4, 4)
+    assert (got_fresh.content, got_fresh.chunks_received, got_fresh.last_seq) == ("12", 2, 2)
+    assert [d.content for d in await store.get_deltas(ahead.id)] == ["a", "b", "c", "d"]
+    assert [d.content for d in await store.get_deltas(fresh.id)] == ["1", "2"]
+
+
+async def test_append_many_refuses_a_misfiled_delta_and_stores_nothing(store: Store) -> None:
+    a, b = make_job(), make_job()
+    await store.create_job(a)
+    await store.create_job(b)
+
+    # The first job's batch is valid: it must not be stored either.
+    with pytest.raises(ValueError, match=a.id):
+        await store.append_many(
+            {a.id: deltas(a.id, (1, "ok", "")), b.id: [Delta(b.id, 1, "b"), Delta(a.id, 2, "a")]}
+        )
+
+    assert await store.get_job(a.id) == a
+    assert await store.get_job(b.id) == b
+    assert await store.get_deltas(a.id) == []
+    assert await store.get_deltas(b.id) == []
+
+
+async def test_append_many_skips_terminal_and_missing_jobs_and_grows_the_rest(
+    store: Store,
+) -> None:
+    done, live = make_job(), make_job()
+    await store.create_job(done)
+    await store.create_job(live)
+    await store.append_deltas(done.id, deltas(done.id, (1, "fin", "")))
+    finished = attrs.evolve(done, status=JobStatus.ERROR, error="boom", completed_at=T0)
+    assert await store.update_job(finished)
+
+    await store.append_many(
+        {
+            done.id: deltas(done.id, (2, "late", "")),
+            "ghost": deltas("ghost", (1, "boo", "")),
+            live.id: deltas(live.id, (1, "on", "")),
+        }
+    )
+
+    assert await store.get_job(done.id) == attrs.evolve(
+        finished, content="fin", chunks_received=1, last_seq=1
+    )
+    assert [d.seq for d in await store.get_deltas(done.id)] == [1]
+    assert await store.get_job("ghost") is None
+    assert await store.get_deltas("ghost") == []
+    got_live = await store.get_job(live.id)
+    assert got_live is not None and (got_live.content, got_live.last_seq) == ("on", 1)
+
+
+async def test_empty_append_many_changes_nothing(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    await store.append_many({})
+    await store.append_many({job.id: []})
+    assert await store.get_job(job.id) == job
+
+
+async def test_output_after_finishing_is_the_creation_output_and_every_delta(
+    store: Store,
+) -> None:
+    job = attrs.evolve(make_job(), content="pre:", reasoning="r:")
+    await store.create_job(job)
+    await store.append_many({job.id: deltas(job.id, (1, "one ", "a"), (2, "two ", ""))})
+    await store.append_many({job.id: deltas(job.id, (3, "thr\x00ee", "b"))})
+    complete = attrs.evolve(job, status=JobStatus.COMPLETE, completed_at=T0, finish_reason="stop")
+    assert await store.update_job(complete)
+
+    expected = attrs.evolve(
+        complete, content="pre:one two thr\x00ee", reasoning="r:ab", chunks_received=3, last_seq=3
+    )
+    assert await store.get_job(job.id) == expected
+    assert await store.list_jobs(ALICE) == [expected]
+    assert await store.list_jobs_by_status([JobStatus.COMPLETE]) == [expected]
+    # The deltas stay, for followers replaying the finished job.
+    assert [d.seq for d in await store.get_deltas(job.id)] == [1, 2, 3]
+
+
+async def test_a_status_change_that_is_not_final_keeps_the_output_growing(store: Store) -> None:
+    job = make_job(status=JobStatus.QUEUED)
+    await store.create_job(job)
+    await store.append_deltas(job.id, deltas(job.id, (1, "a", "")))
+    streaming = attrs.evolve(job, status=JobStatus.STREAMING, generation_id="gen-1")
+    assert await store.update_job(streaming)
+    await store.append_deltas(job.id, deltas(job.id, (2, "b", "")))
+    assert await store.update_job(attrs.evolve(streaming, status=JobStatus.ABORTED))
+
+    got = await store.get_job(job.id)
+    assert got is not None
+    assert (got.status, got.content, got.last_seq, got.generation_id) == (
+        JobStatus.ABORTED,
+        "ab",
+        2,
+        "gen-1",
+    )
+
+
+async def test_every_read_of_a_running_job_joins_its_deltas(store: Store) -> None:
+    job = attrs.evolve(make_job(), content="<", reasoning="(")
+    await store.create_job(job)
+    await store.append_many({job.id: deltas(job.id, (2, "b", "y"), (1, "a", "x"))})
+    await store.append_many({job.id: deltas(job.id, (3, "c", ""))})
+
+    expected = attrs.evolve(job, content="<abc", reasoning="(xy", chunks_received=3, last_seq=3)
+    assert await store.get_job(job.id) == expected
+    assert await store.list_jobs(ALICE) == [expected]
+    assert await store.list_jobs(ALICE, JobStatus.STREAMING) == [expected]
+    assert await store.list_jobs_by_status([JobStatus.STREAMING]) == [expected]
+
+
 async def test_concurrent_appends_from_many_tasks_all_land(store: Store) -> None:
     jobs = [make_job() for _ in range(40)]
     async with trio.open_nursery() as nursery:
@@ -277,6 +429,60 @@ async def test_concurrent_appends_from_many_tasks_all_land(store: Store) -> None
         got = await store.get_job(job.id)
         assert got is not None
         assert (got.content, got.chunks_received, got.last_seq) == ("12345", 5, 5)
+
+
+async def test_job_summaries_are_the_listing_without_output_with_its_lengths(
+    store: Store,
+) -> None:
+    running = make_job(started_at=T0 + timedelta(seconds=2))
+    finished = make_job(started_at=T0 + timedelta(seconds=1))
+    created_with_output = attrs.evolve(
+        make_job(status=JobStatus.COMPLETE, completed_at=T0, started_at=T0),
+        content="wörld✓",
+        reasoning="…",
+    )
+    for job in (running, finished, created_with_output):
+        await store.create_job(job)
+    await store.create_job(make_job(BOB))
+    await store.append_many(
+        {
+            running.id: deltas(running.id, (1, "héllo", "hm"), (2, " \x00x", "")),
+            finished.id: deltas(finished.id, (1, "done", "ok")),
+        }
+    )
+    assert await store.update_job(
+        attrs.evolve(finished, status=JobStatus.COMPLETE, completed_at=T0)
+    )
+
+    summaries = await store.list_job_summaries(ALICE)
+
+    assert [(s.job.id, s.content_length, s.reasoning_length) for s in summaries] == [
+        (running.id, 8, 2),
+        (finished.id, 4, 2),
+        (created_with_output.id, 6, 1),
+    ]
+    listed = await store.list_jobs(ALICE)
+    assert [s.job for s in summaries] == [
+        attrs.evolve(job, content="", reasoning="") for job in listed
+    ]
+    assert [s.content_length for s in summaries] == [len(job.content) for job in listed]
+
+
+async def test_job_summaries_are_scoped_and_filtered_like_the_listing(store: Store) -> None:
+    streaming = make_job(status=JobStatus.STREAMING)
+    done = make_job(status=JobStatus.COMPLETE, completed_at=T0)
+    for job in (streaming, done, make_job(BOB), make_job(ALICE_OTHER_WORKSPACE)):
+        await store.create_job(job)
+
+    assert [s.job.id for s in await store.list_job_summaries(ALICE, JobStatus.STREAMING)] == [
+        streaming.id
+    ]
+    assert [s.job.id for s in await store.list_job_summaries(ALICE, JobStatus.COMPLETE)] == [
+        done.id
+    ]
+    assert await store.list_job_summaries(ALICE, JobStatus.ERROR) == []
+    assert [s.job.owner for s in await store.list_job_summaries(BOB)] == [BOB]
+    assert await store.list_job_summaries(Owner("carol", "ws-1")) == []
 
 
 async def test_update_job_writes_state_but_not_accumulated_output(store: Store) -> None:
@@ -588,6 +794,78 @@ async def _check_concatenation(
     assert got.reasoning == "".join(d.reasoning for d in sent)
     assert (got.chunks_received, got.last_seq) == (len(sent), len(sent))
     assert await store.get_deltas(job.id) == sent
+
+
+_JOBS_IN_PROPERTY = 3
+# A step: per job (by index), new pieces and how many stored deltas to re-send;
+# or the index of a job to finish.
+_appends = st.dictionaries(
+    st.integers(0, _JOBS_IN_PROPERTY - 1), st.tuples(_batch, st.integers(0, 3)), max_size=3
+)
+_step = st.one_of(_appends, st.integers(0, _JOBS_IN_PROPERTY - 1))
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(steps=st.lists(st.tuples(_step, st.randoms()), max_size=10))
+async def test_append_many_matches_a_model_of_independent_jobs(
+    backend: str,
+    tmp_path: Path,
+    steps: list[tuple[dict[int, tuple[list[tuple[str, str]], int]] | int, random.Random]],
+) -> None:
+    factory = StoreFactory(backend, tmp_path / new_id("data"))
+    try:
+        await _check_model(await factory.get(), steps)
+    finally:
+        await factory.aclose()
+
+
+async def _check_model(
+    store: Store,
+    steps: list[tuple[dict[int, tuple[list[tuple[str, str]], int]] | int, random.Random]],
+) -> None:
+    jobs = [make_job(started_at=T0 + timedelta(seconds=i)) for i in range(_JOBS_IN_PROPERTY)]
+    for job in jobs:
+        await store.create_job(job)
+    # The model: what each job has taken, and whether it is finished.
+    taken: list[list[Delta]] = [[] for _ in jobs]
+    finished = [False for _ in jobs]
+    for step, rng in steps:
+        if isinstance(step, int):
+            done = attrs.evolve(jobs[step], status=JobStatus.COMPLETE, completed_at=T0)
+            assert await store.update_job(done) is not finished[step]
+            finished[step] = True
+            continue
+        batches: dict[str, list[Delta]] = {}
+        for index, (pieces, resend) in step.items():
+            job_id, sent = jobs[index].id, taken[index]
+            fresh = [
+                Delta(job_id, len(sent) + i, content, reasoning)
+                for i, (content, reasoning) in enumerate(pieces, start=1)
+            ]
+            batch = sent[len(sent) - min(resend, len(sent)) :] + fresh
+            rng.shuffle(batch)
+            batches[job_id] = batch
+            if not finished[index]:
+                sent.extend(fresh)
+        await store.append_many(batches)
+
+    summaries = {s.job.id: s for s in await store.list_job_summaries(ALICE)}
+    for job, sent, is_finished in zip(jobs, taken, finished, strict=True):
+        content = "".join(d.content for d in sent)
+        reasoning = "".join(d.reasoning for d in sent)
+        got = await store.get_job(job.id)
+        assert got is not None
+        assert got.status is (JobStatus.COMPLETE if is_finished else JobStatus.STREAMING)
+        assert (got.content, got.reasoning) == (content, reasoning)
+        assert (got.chunks_received, got.last_seq) == (len(sent), len(sent))
+        assert await store.get_deltas(job.id) == sent
+        summary = summaries[job.id]
+        assert summary.job == attrs.evolve(got, content="", reasoning="")
+        assert (summary.content_length, summary.reasoning_length) == (len(content), len(reasoning))
 
 
 # -- persistence -------------------------------------------------------------

@@ -12,9 +12,10 @@ import pytest
 import trio
 import trio.testing
 
-from actors.model import Delta, Job, JobStatus
+from actors.model import Delta, Job, JobStatus, Owner
 from actors.stores import SqliteJobStore, SqliteStore, StoreError
 from actors.stores.migrations import CURRENT_VERSION, MIGRATIONS, Migration, migrate
+from actors.stores.sqlite import _rows_per_statement
 from actors.stores.sqlite_writer import SqliteWriter
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -188,6 +189,177 @@ async def test_group_commit_batches_concurrent_writes(store: SqliteStore) -> Non
         got = await store.get_job(job.id)
         assert got is not None and got.content == job.id and got.last_seq == 1
     assert await store.count_active() == 1000
+
+
+async def test_append_many_of_every_job_is_one_write_and_one_commit(store: SqliteStore) -> None:
+    # More deltas than one statement carries, so the batch spans statements.
+    jobs = [make_job(f"job-{i}") for i in range(600)]
+    for job in jobs:
+        await store.create_job(job)
+    commits_before, writes_before = store.commit_count, store.write_count
+
+    await store.append_many({job.id: [Delta(job.id, 1, job.id)] for job in jobs})
+
+    assert (store.commit_count - commits_before, store.write_count - writes_before) == (1, 1)
+    for job in jobs[::97] + jobs[-1:]:
+        got = await store.get_job(job.id)
+        assert got is not None and (got.content, got.chunks_received, got.last_seq) == (
+            job.id,
+            1,
+            1,
+        )
+
+
+async def test_a_job_split_across_append_statements_counts_each_delta_once(
+    store: SqliteStore,
+) -> None:
+    store._append_rows = 2
+    long, short = make_job("long"), make_job("short")
+    await store.create_job(long)
+    await store.create_job(short)
+    await store.append_deltas("long", [Delta("long", 1, "a"), Delta("long", 2, "b")])
+
+    # 2 and 3 share a statement with the 2 already stored; 6 waits for 4 and 5.
+    await store.append_many(
+        {
+            "long": [Delta("long", seq, str(seq)) for seq in (6, 2, 3, 4, 5)],
+            "short": [Delta("short", 1, "s")],
+        }
+    )
+
+    got = await store.get_job("long")
+    assert got is not None and (got.content, got.chunks_received, got.last_seq) == ("ab3456", 6, 6)
+    assert [d.content for d in await store.get_deltas("long")] == ["a", "b", "3", "4", "5", "6"]
+    got = await store.get_job("short")
+    assert got is not None and (got.content, got.last_seq) == ("s", 1)
+
+
+def test_statements_carry_at_most_as_many_rows_as_the_parameter_limit_allows(
+    db_path: Path,
+) -> None:
+    with raw(db_path) as conn:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 30)
+        assert _rows_per_statement(conn) == 4
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32766)
+        assert _rows_per_statement(conn) == 512
+
+
+async def test_appending_does_not_rewrite_the_job_row_until_it_finishes(
+    store: SqliteStore, db_path: Path
+) -> None:
+    await store.create_job(make_job("job-1"))
+    for seq in range(1, 4):
+        await store.append_deltas("job-1", [Delta("job-1", seq, f"w{seq} ", "r")])
+
+    def row() -> tuple[str, str, int, int]:
+        with raw(db_path) as conn:
+            found: tuple[str, str, int, int] = conn.execute(
+                "SELECT content, reasoning, content_length, reasoning_length FROM jobs"
+            ).fetchone()
+        return found
+
+    assert row() == ("", "", 9, 3)
+    got = await store.get_job("job-1")
+    assert got is not None and got.content == "w1 w2 w3 "
+
+    assert await store.update_job(
+        attrs.evolve(make_job("job-1"), status=JobStatus.COMPLETE, completed_at=T0)
+    )
+    assert row() == ("w1 w2 w3 ", "rrr", 9, 3)
+
+
+async def test_a_cancelled_append_many_is_still_stored_for_every_job(store: SqliteStore) -> None:
+    jobs = [make_job(f"job-{i}") for i in range(10)]
+    for job in jobs:
+        await store.create_job(job)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.append_many({job.id: [Delta(job.id, 1, "x")] for job in jobs})
+    assert scope.cancelled_caught
+
+    # Submitted before the cancellation landed: once a later write is
+    # committed, so is this one, for every job.
+    await store.create_job(make_job("after"))
+    got = [await store.get_job(job.id) for job in jobs]
+    assert [(j.content, j.last_seq) for j in got if j is not None] == [("x", 1)] * 10
+
+
+async def test_a_version_1_database_migrates_with_its_running_jobs_output(db_path: Path) -> None:
+    # What version 1 stored: a running job's row held its whole output, and
+    # its deltas held the same text again.
+    with raw(db_path) as conn:
+        assert migrate(conn, MIGRATIONS[:1]) == 1
+        columns = (
+            "id, user_id, workspace_id, thread_id, message_id, model, status, started_at, "
+            "content, reasoning, chunks_received, last_seq, completed_at"
+        )
+        started = "2025-03-01T12:00:00.000000+00:00"
+        for job_id, status, content, reasoning, seqs, completed in (
+            ("running", "streaming", "pre:par\x00tial", "why", 2, None),
+            ("done", "complete", "all of it", "", 1, "2025-03-01T12:01:00.000000+00:00"),
+            ("queued", "queued", "", "", 0, None),
+        ):
+            conn.execute(
+                f"INSERT INTO jobs ({columns}) VALUES (?, 'alice', 'ws-1', 't', 'm', 'x', ?, ?, "
+                "?, ?, ?, ?, ?)",
+                (job_id, status, started, content, reasoning, seqs, seqs, completed),
+            )
+        conn.executemany(
+            "INSERT INTO deltas (job_id, seq, content, reasoning) VALUES (?, ?, ?, ?)",
+            [
+                ("running", 1, "par", "w"),
+                ("running", 2, "\x00tial", "hy"),
+                ("done", 1, "all of it", ""),
+            ],
+        )
+
+    store = open_store(db_path)
+    try:
+        running = await store.get_job("running")
+        assert running is not None
+        assert (running.content, running.reasoning, running.last_seq) == (
+            "pre:par\x00tial",
+            "why",
+            2,
+        )
+        done = await store.get_job("done")
+        assert done is not None and done.content == "all of it"
+        lengths = {
+            s.job.id: (s.content_length, s.reasoning_length)
+            for s in await store.list_job_summaries(Owner("alice", "ws-1"))
+        }
+        assert lengths == {"running": (12, 3), "done": (9, 0), "queued": (0, 0)}
+
+        await store.append_deltas("running", [Delta("running", 3, "!", "")])
+        assert await store.update_job(
+            attrs.evolve(running, status=JobStatus.COMPLETE, completed_at=T0)
+        )
+        finished = await store.get_job("running")
+        assert finished is not None and finished.content == "pre:par\x00tial!"
+    finally:
+        await store.aclose()
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION
+
+
+def test_a_version_1_running_job_that_disagrees_with_its_deltas_is_not_migrated(
+    db_path: Path,
+) -> None:
+    with raw(db_path) as conn:
+        migrate(conn, MIGRATIONS[:1])
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, workspace_id, thread_id, message_id, model, status, "
+            "started_at, content, last_seq) VALUES ('odd', 'a', 'w', 't', 'm', 'x', 'streaming', "
+            "'2025-03-01T12:00:00.000000+00:00', 'abc', 1)"
+        )
+        conn.execute("INSERT INTO deltas VALUES ('odd', 1, 'xyz', '')")
+
+    with pytest.raises(StoreError, match=r"migration to version 2 failed.*'odd'"):
+        open_store(db_path)
+
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("SELECT content FROM jobs").fetchall() == [("abc",)]
 
 
 async def test_a_failing_write_fails_only_its_caller(store: SqliteStore) -> None:

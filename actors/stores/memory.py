@@ -8,7 +8,7 @@ lands on that first checkpoint, before anything has changed.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 import attrs
@@ -16,9 +16,10 @@ import trio
 
 from actors.model import TERMINAL_STATUSES, Delta, Job, JobStatus, Notification, Owner
 from actors.stores.protocol import (
+    JobSummary,
     StoreError,
     as_utc,
-    check_delta_job,
+    check_batches,
     new_deltas_in_order,
 )
 
@@ -31,9 +32,7 @@ class MemoryStore:
     """Implements :class:`~actors.stores.protocol.Store` in process memory."""
 
     def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
-        # Per job, ascending by seq: append_deltas only ever adds seqs above last_seq.
-        self._deltas: dict[str, list[Delta]] = {}
+        self._jobs: dict[str, _Entry] = {}
         self._notifications: dict[str, Notification] = {}
         self._notification_by_job: dict[str, str] = {}
         self._muted: set[tuple[str, str, str]] = set()
@@ -58,51 +57,56 @@ class MemoryStore:
         job = _job_in_utc(job)
         if job.id in self._jobs:
             raise StoreError(f"job {job.id!r} already exists")
-        self._jobs[job.id] = job
-        self._deltas[job.id] = []
+        self._jobs[job.id] = _Entry(job, len(job.content), len(job.reasoning))
 
     async def get_job(self, job_id: str) -> Job | None:
         """See :meth:`JobStore.get_job`."""
         await self._enter()
-        return self._jobs.get(job_id)
+        entry = self._jobs.get(job_id)
+        return None if entry is None else entry.current()
 
     async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[Job]:
         """See :meth:`JobStore.list_jobs`."""
         await self._enter()
-        jobs = [
-            job
-            for job in self._jobs.values()
-            if job.owner == owner and (status is None or job.status is status)
+        return [entry.current() for entry in self._owned(owner, status)]
+
+    async def list_job_summaries(
+        self, owner: Owner, status: JobStatus | None = None
+    ) -> list[JobSummary]:
+        """See :meth:`JobStore.list_job_summaries`."""
+        await self._enter()
+        return [
+            JobSummary(
+                attrs.evolve(entry.job, content="", reasoning=""),
+                entry.content_length,
+                entry.reasoning_length,
+            )
+            for entry in self._owned(owner, status)
         ]
-        return sorted(jobs, key=lambda job: (job.started_at, job.id), reverse=True)
+
+    async def append_many(self, batches: Mapping[str, Sequence[Delta]]) -> None:
+        """See :meth:`JobStore.append_many`."""
+        await self._enter()
+        check_batches(batches)
+        for job_id, deltas in batches.items():
+            entry = self._jobs.get(job_id)
+            if entry is not None and not entry.job.status.is_terminal:
+                entry.grow(new_deltas_in_order(deltas, entry.job.last_seq))
 
     async def append_deltas(self, job_id: str, deltas: Sequence[Delta]) -> None:
         """See :meth:`JobStore.append_deltas`."""
-        await self._enter()
-        check_delta_job(job_id, deltas)
-        job = self._jobs.get(job_id)
-        if job is None or job.status.is_terminal:
-            return
-        taken = new_deltas_in_order(deltas, job.last_seq)
-        if not taken:
-            return
-        self._deltas[job_id].extend(taken)
-        self._jobs[job_id] = attrs.evolve(
-            job,
-            content=job.content + "".join(d.content for d in taken),
-            reasoning=job.reasoning + "".join(d.reasoning for d in taken),
-            chunks_received=job.chunks_received + len(taken),
-            last_seq=taken[-1].seq,
-        )
+        await self.append_many({job_id: deltas})
 
     async def update_job(self, job: Job) -> bool:
         """See :meth:`JobStore.update_job`."""
         await self._enter()
         completed_at = _optional_utc(job.completed_at, "completed_at")
-        stored = self._jobs.get(job.id)
-        if stored is None or stored.status.is_terminal:
+        entry = self._jobs.get(job.id)
+        if entry is None or entry.job.status.is_terminal:
             return False
-        self._jobs[job.id] = attrs.evolve(
+        # A terminal job's output is final: join it once, here.
+        stored = entry.current() if job.status.is_terminal else entry.job
+        entry.job = attrs.evolve(
             stored,
             status=job.status,
             error=job.error,
@@ -117,14 +121,16 @@ class MemoryStore:
     async def get_deltas(self, job_id: str, after_seq: int = 0) -> list[Delta]:
         """See :meth:`JobStore.get_deltas`."""
         await self._enter()
-        return [d for d in self._deltas.get(job_id, ()) if d.seq > after_seq]
+        entry = self._jobs.get(job_id)
+        return [] if entry is None else [d for d in entry.deltas if d.seq > after_seq]
 
     async def list_jobs_by_status(self, statuses: Collection[JobStatus]) -> list[Job]:
         """See :meth:`JobStore.list_jobs_by_status`."""
         await self._enter()
         wanted = frozenset(statuses)
-        jobs = [job for job in self._jobs.values() if job.status in wanted]
-        return sorted(jobs, key=lambda job: (job.started_at, job.id))
+        entries = [entry for entry in self._jobs.values() if entry.job.status in wanted]
+        entries.sort(key=lambda entry: (entry.job.started_at, entry.job.id))
+        return [entry.current() for entry in entries]
 
     async def delete_finished_before(self, cutoff: datetime) -> list[str]:
         """See :meth:`JobStore.delete_finished_before`."""
@@ -132,23 +138,22 @@ class MemoryStore:
         cutoff = as_utc(cutoff, "cutoff")
         expired = sorted(
             (
-                job
-                for job in self._jobs.values()
-                if job.status in TERMINAL_STATUSES
-                and job.completed_at is not None
-                and job.completed_at < cutoff
+                entry.job
+                for entry in self._jobs.values()
+                if entry.job.status in TERMINAL_STATUSES
+                and entry.job.completed_at is not None
+                and entry.job.completed_at < cutoff
             ),
             key=lambda job: (job.completed_at, job.id),
         )
         for job in expired:
             del self._jobs[job.id]
-            del self._deltas[job.id]
         return [job.id for job in expired]
 
     async def count_active(self) -> int:
         """See :meth:`JobStore.count_active`."""
         await self._enter()
-        return sum(1 for job in self._jobs.values() if job.status in _ACTIVE_STATUSES)
+        return sum(1 for entry in self._jobs.values() if entry.job.status in _ACTIVE_STATUSES)
 
     # -- notifications ------------------------------------------------------
 
@@ -243,14 +248,64 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         self._closed = True
         self._jobs.clear()
-        self._deltas.clear()
         self._notifications.clear()
         self._notification_by_job.clear()
         self._muted.clear()
 
+    def _owned(self, owner: Owner, status: JobStatus | None) -> list[_Entry]:
+        """``owner``'s jobs, optionally only those in ``status``, newest first."""
+        entries = [
+            entry
+            for entry in self._jobs.values()
+            if entry.job.owner == owner and (status is None or entry.job.status is status)
+        ]
+        entries.sort(key=lambda entry: (entry.job.started_at, entry.job.id), reverse=True)
+        return entries
+
     def _owned_notification(self, owner: Owner, notification_id: str) -> Notification | None:
         n = self._notifications.get(notification_id)
         return n if n is not None and _owns(owner, n) else None
+
+
+@attrs.define
+class _Entry:
+    """A stored job and its deltas.
+
+    ``job`` holds everything but a running job's output, which is its content
+    and reasoning followed by ``deltas`` (ascending by seq: only seqs above
+    ``last_seq`` are ever added). :meth:`MemoryStore.update_job` joins them into
+    ``job`` when the job becomes terminal, so appending never copies the output
+    already stored. The lengths are those of the whole output.
+    """
+
+    job: Job
+    content_length: int
+    reasoning_length: int
+    deltas: list[Delta] = attrs.Factory(list)
+
+    def current(self) -> Job:
+        """The job with its whole output."""
+        job = self.job
+        if job.status.is_terminal or not self.deltas:
+            return job
+        return attrs.evolve(
+            job,
+            content=job.content + "".join(d.content for d in self.deltas),
+            reasoning=job.reasoning + "".join(d.reasoning for d in self.deltas),
+        )
+
+    def grow(self, taken: list[Delta]) -> None:
+        """Add ``taken``, new deltas in seq order above ``last_seq``."""
+        if not taken:
+            return
+        self.deltas.extend(taken)
+        self.content_length += sum(len(d.content) for d in taken)
+        self.reasoning_length += sum(len(d.reasoning) for d in taken)
+        self.job = attrs.evolve(
+            self.job,
+            chunks_received=self.job.chunks_received + len(taken),
+            last_seq=taken[-1].seq,
+        )
 
 
 def _owns(owner: Owner, n: Notification) -> bool:

@@ -7,13 +7,14 @@ database at the previous version. A database newer than this code is refused
 rather than guessed at.
 
 To change the schema, append a :class:`Migration` with the next version; never
-edit one that has shipped.
+edit one that has shipped. A migration names statuses and columns as they were
+at its version, never through the model's current names.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -24,10 +25,48 @@ __all__ = ["CURRENT_VERSION", "MIGRATIONS", "Migration", "migrate", "schema_vers
 
 @attrs.frozen
 class Migration:
-    """The statements that take the schema from ``version - 1`` to ``version``."""
+    """The statements that take the schema from ``version - 1`` to ``version``.
+
+    ``step``, if given, runs after the statements in the same transaction, for
+    data SQL cannot move; it must not commit or roll back, and raising
+    :class:`sqlite3.Error` or :class:`StoreError` fails the migration.
+    """
 
     version: int
     statements: tuple[str, ...]
+    step: Callable[[sqlite3.Connection], None] | None = None
+
+
+def _split_running_output(conn: sqlite3.Connection) -> None:
+    """Version 2: keep in a running job's row only the output it was created
+    with, and record every job's output lengths.
+
+    Version 1 appended every delta's text to its job's row as well as storing
+    the delta, so a running row held its creation output followed by all its
+    deltas'. Version 2 joins a running job's deltas when it is read, so that
+    suffix is cut off here. The lengths are counted in Python: SQLite's
+    ``length`` stops at the first NUL character.
+    """
+    jobs = conn.execute("SELECT id, status, content, reasoning FROM jobs").fetchall()
+    for job_id, status, content, reasoning in jobs:
+        content_length, reasoning_length = len(content), len(reasoning)
+        if status in ("queued", "streaming"):
+            pieces = conn.execute(
+                "SELECT content, reasoning FROM deltas WHERE job_id = ? ORDER BY seq", (job_id,)
+            ).fetchall()
+            content = _without_suffix(job_id, content, "".join(p[0] for p in pieces))
+            reasoning = _without_suffix(job_id, reasoning, "".join(p[1] for p in pieces))
+        conn.execute(
+            "UPDATE jobs SET content = ?, reasoning = ?, content_length = ?, "
+            "reasoning_length = ? WHERE id = ?",
+            (content, reasoning, content_length, reasoning_length, job_id),
+        )
+
+
+def _without_suffix(job_id: str, text: str, suffix: str) -> str:
+    if not text.endswith(suffix):
+        raise StoreError(f"job {job_id!r}: its output does not end with its deltas'")
+    return text[: len(text) - len(suffix)]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -95,6 +134,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=2,
+        statements=(
+            "ALTER TABLE jobs ADD COLUMN content_length INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN reasoning_length INTEGER NOT NULL DEFAULT 0",
+        ),
+        step=_split_running_output,
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version
@@ -135,10 +182,12 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
                 continue
             for statement in migration.statements:
                 conn.execute(statement)
+            if migration.step is not None:
+                migration.step(conn)
             # PRAGMA takes no parameters; the version is an int we control.
             conn.execute(f"PRAGMA user_version = {int(migration.version)}")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             # Some errors (disk full, I/O) end the transaction on their own.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -13,18 +13,22 @@ itself cannot do.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
+
+import attrs
 
 from actors.model import Delta, Job, JobStatus, Notification, Owner
 
 __all__ = [
     "JobStore",
+    "JobSummary",
     "NotificationStore",
     "Store",
     "StoreError",
     "as_utc",
+    "check_batches",
     "check_delta_job",
     "new_deltas_in_order",
 ]
@@ -35,8 +39,28 @@ class StoreError(Exception):
     unreachable or unusable backend, a database newer than this code."""
 
 
+@attrs.frozen
+class JobSummary:
+    """A job without its output, and how long that output is.
+
+    ``job.content`` and ``job.reasoning`` are empty; ``content_length`` and
+    ``reasoning_length`` are the lengths (in code points, as ``len`` counts)
+    of the content and reasoning :meth:`JobStore.get_job` would return.
+    """
+
+    job: Job
+    content_length: int
+    reasoning_length: int
+
+
 class JobStore(Protocol):
-    """Jobs and their deltas."""
+    """Jobs and their deltas.
+
+    A job's ``content`` and ``reasoning`` are what it was created with followed
+    by its stored deltas' in seq order. A store may keep a running job's output
+    only as deltas and join them when the job is read, and write the joined
+    output into the job once, when :meth:`update_job` makes it terminal.
+    """
 
     async def create_job(self, job: Job) -> None:
         """Insert ``job``. Raises :class:`StoreError` if a job with its id exists."""
@@ -51,17 +75,36 @@ class JobStore(Protocol):
         ``started_at`` first, optionally only those in ``status``."""
         ...
 
-    async def append_deltas(self, job_id: str, deltas: Sequence[Delta]) -> None:
-        """Atomically store ``deltas`` and grow the job by them.
+    async def list_job_summaries(
+        self, owner: Owner, status: JobStatus | None = None
+    ) -> list[JobSummary]:
+        """Return :meth:`list_jobs` without the output: the same jobs in the
+        same order, each with empty content and reasoning and their lengths.
+        Reads no job's output, so its cost does not grow with the answers'."""
+        ...
 
-        In ``seq`` order, each delta's content and reasoning are appended to the
-        job's; ``chunks_received`` grows by the number of deltas taken and
-        ``last_seq`` becomes the largest seq taken. Deltas with ``seq`` at or
-        below the job's ``last_seq`` (or repeated within the batch) are skipped,
-        so re-appending after a crash is harmless. Nothing happens if the job is
-        terminal or missing. Raises ValueError, changing nothing, if a delta
-        belongs to another job.
+    async def append_many(self, batches: Mapping[str, Sequence[Delta]]) -> None:
+        """Atomically store the deltas of several jobs, ``batches[job_id]`` for
+        each ``job_id``, and grow each job by its own.
+
+        Per job: in ``seq`` order, each delta's content and reasoning are
+        appended to the job's; ``chunks_received`` grows by the number of deltas
+        taken and ``last_seq`` becomes the largest seq taken. Deltas with
+        ``seq`` at or below the job's ``last_seq`` (or repeated within its
+        batch) are skipped, so re-appending after a crash is harmless. Nothing
+        happens to a job that is terminal or missing; the other jobs still grow.
+
+        All jobs' deltas are stored in one write (one transaction, where the
+        backend has them), so a crash keeps all of them or none. Raises
+        ValueError, changing nothing, if a delta's ``job_id`` is not the key it
+        is filed under. If the call is cancelled, the write may still be
+        committed, whole; its result is dropped.
         """
+        ...
+
+    async def append_deltas(self, job_id: str, deltas: Sequence[Delta]) -> None:
+        """Store ``deltas`` of one job: ``append_many({job_id: deltas})``, with
+        the same rules, errors and cancellation."""
         ...
 
     async def update_job(self, job: Job) -> bool:
@@ -69,8 +112,12 @@ class JobStore(Protocol):
         generation_id and model over the stored job with its id.
 
         content, reasoning, chunks_received and last_seq are left alone: they
-        only grow through :meth:`append_deltas`. Returns False, changing nothing,
-        when the stored job is terminal or missing; True otherwise.
+        only grow through :meth:`append_many`. Making the job terminal fixes its
+        output as it is then (in the same write, so a reader sees the status and
+        the whole output together); later deltas are ignored. Returns False,
+        changing nothing, when the stored job is terminal or missing; True
+        otherwise. If cancelled, the write may still be committed; its result
+        is dropped.
         """
         ...
 
@@ -171,7 +218,13 @@ def check_delta_job(job_id: str, deltas: Sequence[Delta]) -> None:
     """Raise ValueError if any of ``deltas`` belongs to a job other than ``job_id``."""
     for d in deltas:
         if d.job_id != job_id:
-            raise ValueError(f"delta for job {d.job_id!r} passed to append_deltas for {job_id!r}")
+            raise ValueError(f"delta for job {d.job_id!r} filed under job {job_id!r}")
+
+
+def check_batches(batches: Mapping[str, Sequence[Delta]]) -> None:
+    """Raise ValueError if any delta in ``batches`` is filed under another job's id."""
+    for job_id, deltas in batches.items():
+        check_delta_job(job_id, deltas)
 
 
 def new_deltas_in_order(deltas: Sequence[Delta], last_seq: int) -> list[Delta]:

@@ -6,14 +6,21 @@ read-only connection; WAL mode lets them read the last committed state while the
 writer writes. A write has been committed by the time its call returns, so a
 task always reads its own writes.
 
+A running job's row keeps only the output it was created with; the rest is its
+deltas, joined when the job is read, and written into the row once, by the
+``update_job`` that makes the job terminal. Appending a batch therefore writes
+delta rows and a job's counters, never its growing text. The output's lengths
+are counters in the row, so listing jobs reads no output at all.
+
 Datetimes are stored as ISO 8601 text in UTC with microseconds, a fixed-width
 form whose text order is time order; usage and notification actions as JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,9 +41,10 @@ from actors.model import (
 )
 from actors.stores.migrations import migrate
 from actors.stores.protocol import (
+    JobSummary,
     StoreError,
     as_utc,
-    check_delta_job,
+    check_batches,
     new_deltas_in_order,
 )
 from actors.stores.sqlite_writer import SqliteWriter
@@ -47,11 +55,6 @@ T = TypeVar("T")
 
 _Actions = tuple[NotificationAction, ...]
 
-_JOB_COLUMNS = (
-    "id, user_id, workspace_id, thread_id, message_id, model, status, started_at, content, "
-    "reasoning, chunks_received, last_seq, completed_at, error, finish_reason, usage, "
-    "generation_id"
-)
 _NOTIFICATION_COLUMNS = (
     "id, user_id, workspace_id, thread_id, job_id, type, title, body, created_at, actions, read_at"
 )
@@ -64,6 +67,68 @@ def _sql_list(statuses: Collection[JobStatus]) -> str:
 
 _TERMINAL = _sql_list(TERMINAL_STATUSES)
 _ACTIVE = _sql_list(set(JobStatus) - TERMINAL_STATUSES)
+
+
+def _job_columns(content: str, reasoning: str) -> str:
+    """The columns :func:`_row_to_job` reads, with ``content`` and ``reasoning``
+    standing for the output columns."""
+    return (
+        "jobs.id, jobs.user_id, jobs.workspace_id, jobs.thread_id, jobs.message_id, "
+        f"jobs.model, jobs.status, jobs.started_at, {content}, {reasoning}, "
+        "jobs.chunks_received, jobs.last_seq, jobs.completed_at, jobs.error, "
+        "jobs.finish_reason, jobs.usage, jobs.generation_id"
+    )
+
+
+def _joined_deltas(column: str) -> str:
+    """SQL for the job's deltas' ``column`` joined in seq order ('' if none).
+
+    The order comes from the window: group_concat as a plain aggregate joins
+    in an arbitrary order (before SQLite 3.44, which can say ORDER BY there).
+    SQLite's text functions stop at a NUL character; group_concat and || do
+    not, so a delta holding one is joined whole.
+    """
+    return (
+        f"coalesce((SELECT group_concat(deltas.{column}, '') OVER ("
+        "ORDER BY deltas.seq ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) "
+        "FROM deltas WHERE deltas.job_id = jobs.id), '')"
+    )
+
+
+def _output(column: str) -> str:
+    """SQL for a job's whole ``column`` output: the row's, then for a running job its deltas'."""
+    return (
+        f"CASE WHEN jobs.status IN {_TERMINAL} THEN jobs.{column} "
+        f"ELSE jobs.{column} || {_joined_deltas(column)} END"
+    )
+
+
+_INSERT_COLUMNS = (
+    "id, user_id, workspace_id, thread_id, message_id, model, status, started_at, content, "
+    "reasoning, chunks_received, last_seq, completed_at, error, finish_reason, usage, "
+    "generation_id, content_length, reasoning_length"
+)
+_SELECT_JOB = f"SELECT {_job_columns(_output('content'), _output('reasoning'))} FROM jobs"
+_NO_OUTPUT = "''"
+_SELECT_SUMMARY = (
+    f"SELECT {_job_columns(_NO_OUTPUT, _NO_OUTPUT)}, jobs.content_length, jobs.reasoning_length "
+    "FROM jobs"
+)
+_UPDATE_JOB = (
+    "UPDATE jobs SET status = ?, error = ?, completed_at = ?, finish_reason = ?, "
+    "usage = ?, generation_id = ?, model = ?"
+)
+# Reached once per job: the SET expressions see the row before the update, when
+# the job still runs and its output is the row's followed by its deltas'.
+_UPDATE_JOB_TO_TERMINAL = (
+    f"{_UPDATE_JOB}, content = content || {_joined_deltas('content')}, "
+    f"reasoning = reasoning || {_joined_deltas('reasoning')}"
+)
+_WHERE_RUNNING = f" WHERE id = ? AND status NOT IN {_TERMINAL}"
+
+_MOST_ROWS_PER_STATEMENT = 512
+"""The most deltas one append statement carries; also bounded by the
+connection's limit on parameters."""
 
 
 class SqliteStore:
@@ -97,6 +162,7 @@ class SqliteStore:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot open SQLite store at {path}: {exc}") from exc
+        self._append_rows = _rows_per_statement(write_conn)
         self._read_conn = read_conn
         # One read connection, used by one worker thread at a time.
         self._read_lock = trio.Lock()
@@ -144,7 +210,8 @@ class SqliteStore:
         def insert(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({_placeholders(len(row))})", row
+                    f"INSERT INTO jobs ({_INSERT_COLUMNS}) VALUES ({_placeholders(len(row))})",
+                    row,
                 )
             except sqlite3.IntegrityError as exc:
                 raise StoreError(f"job {job.id!r} already exists") from exc
@@ -155,61 +222,63 @@ class SqliteStore:
         """See :meth:`JobStore.get_job`."""
 
         def select(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
+            row = conn.execute(f"{_SELECT_JOB} WHERE jobs.id = ?", (job_id,)).fetchone()
             return None if row is None else _row_to_job(row)
 
         return await self._read(select)
 
     async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[Job]:
         """See :meth:`JobStore.list_jobs`."""
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE user_id = ? AND workspace_id = ?"
-        params: list[Any] = [owner.user_id, owner.workspace_id]
-        if status is not None:
-            sql += " AND status = ?"
-            params.append(status.value)
-        sql += " ORDER BY started_at DESC, id DESC"
+        where, params = _owned(owner, status)
 
         def select(conn: sqlite3.Connection) -> list[Job]:
-            return [_row_to_job(row) for row in conn.execute(sql, params)]
+            return [_row_to_job(row) for row in conn.execute(_SELECT_JOB + where, params)]
 
         return await self._read(select)
 
-    async def append_deltas(self, job_id: str, deltas: Sequence[Delta]) -> None:
-        """See :meth:`JobStore.append_deltas`."""
-        check_delta_job(job_id, deltas)
-        batch = list(deltas)
+    async def list_job_summaries(
+        self, owner: Owner, status: JobStatus | None = None
+    ) -> list[JobSummary]:
+        """See :meth:`JobStore.list_job_summaries`."""
+        where, params = _owned(owner, status)
+
+        def select(conn: sqlite3.Connection) -> list[JobSummary]:
+            return [
+                JobSummary(_row_to_job(row[:-2]), row[-2], row[-1])
+                for row in conn.execute(_SELECT_SUMMARY + where, params)
+            ]
+
+        return await self._read(select)
+
+    async def append_many(self, batches: Mapping[str, Sequence[Delta]]) -> None:
+        """See :meth:`JobStore.append_many`.
+
+        One writer submission, however many jobs: a few statements with many
+        rows each (see :func:`_append_statements`), not a statement per delta.
+        """
+        check_batches(batches)
+        # Repeats go here; what the job already has is left out by the SQL.
+        deltas = [d for batch in batches.values() for d in new_deltas_in_order(batch, 0)]
+        if not deltas:
+            if self._closed:
+                raise StoreError("store is closed")
+            await trio.lowlevel.checkpoint()
+            return
+        statements = _append_statements(deltas, self._append_rows)
 
         def append(conn: sqlite3.Connection) -> None:
-            row = conn.execute(
-                "SELECT status, last_seq FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            if row is None or JobStatus(row[0]).is_terminal:
-                return
-            taken = new_deltas_in_order(batch, int(row[1]))
-            if not taken:
-                return
-            conn.executemany(
-                "INSERT INTO deltas (job_id, seq, content, reasoning) VALUES (?, ?, ?, ?)",
-                [(job_id, d.seq, d.content, d.reasoning) for d in taken],
-            )
-            conn.execute(
-                "UPDATE jobs SET content = content || ?, reasoning = reasoning || ?, "
-                "chunks_received = chunks_received + ?, last_seq = ? WHERE id = ?",
-                (
-                    "".join(d.content for d in taken),
-                    "".join(d.reasoning for d in taken),
-                    len(taken),
-                    taken[-1].seq,
-                    job_id,
-                ),
-            )
+            for sql, params in statements:
+                conn.execute(sql, params)
 
         await self._write(append)
 
+    async def append_deltas(self, job_id: str, deltas: Sequence[Delta]) -> None:
+        """See :meth:`JobStore.append_deltas`."""
+        await self.append_many({job_id: deltas})
+
     async def update_job(self, job: Job) -> bool:
         """See :meth:`JobStore.update_job`."""
+        sql = (_UPDATE_JOB_TO_TERMINAL if job.status.is_terminal else _UPDATE_JOB) + _WHERE_RUNNING
         params = (
             job.status.value,
             job.error,
@@ -222,13 +291,7 @@ class SqliteStore:
         )
 
         def update(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE jobs SET status = ?, error = ?, completed_at = ?, finish_reason = ?, "
-                "usage = ?, generation_id = ?, model = ? "
-                f"WHERE id = ? AND status NOT IN {_TERMINAL}",
-                params,
-            )
-            return cursor.rowcount == 1
+            return conn.execute(sql, params).rowcount == 1
 
         return await self._write(update)
 
@@ -249,8 +312,8 @@ class SqliteStore:
         """See :meth:`JobStore.list_jobs_by_status`."""
         values = sorted({s.value for s in statuses})
         sql = (
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ({_placeholders(len(values))}) "
-            "ORDER BY started_at, id"
+            f"{_SELECT_JOB} WHERE jobs.status IN ({_placeholders(len(values))}) "
+            "ORDER BY jobs.started_at, jobs.id"
         )
 
         def select(conn: sqlite3.Connection) -> list[Job]:
@@ -462,6 +525,102 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
+def _owned(owner: Owner, status: JobStatus | None) -> tuple[str, list[Any]]:
+    """The WHERE and ORDER BY of a listing of ``owner``'s jobs, and its parameters."""
+    where = " WHERE jobs.user_id = ? AND jobs.workspace_id = ?"
+    params: list[Any] = [owner.user_id, owner.workspace_id]
+    if status is not None:
+        where += " AND jobs.status = ?"
+        params.append(status.value)
+    return where + " ORDER BY jobs.started_at DESC, jobs.id DESC", params
+
+
+def _rows_per_statement(conn: sqlite3.Connection) -> int:
+    """The most deltas an append statement may carry on ``conn``: a power of
+    two, at most :data:`_MOST_ROWS_PER_STATEMENT`, whose four parameters a row
+    fit the connection's limit."""
+    limit = min(_MOST_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 4)
+    return 1 << (max(1, limit).bit_length() - 1)
+
+
+@functools.cache
+def _append_sql(rows: int) -> tuple[str, str]:
+    """The INSERT of deltas and the UPDATE of their jobs for ``rows`` rows of
+    ``(job_id, seq, x, y)``: x and y are the content and reasoning in the
+    INSERT's rows, their lengths in the UPDATE's.
+
+    Both take a row only if its job runs and its seq is above the job's
+    ``last_seq`` (rows with a NULL job_id match no job), and see the job as it
+    was before both, so the UPDATE counts exactly what the INSERT took. A
+    job's rows must be in seq order; a job whose rows are split across
+    statements is then right too, each pair seeing the last pair's last_seq.
+    """
+    values = ", ".join(["(?, ?, ?, ?)"] * rows)
+    # CROSS JOIN keeps the VALUES as the outer loop: one primary-key lookup of
+    # the job per row.
+    taken = (
+        f"FROM (VALUES {values}) AS v CROSS JOIN jobs AS job ON job.id = v.column1 "
+        f"WHERE job.status NOT IN {_TERMINAL} AND v.column2 > job.last_seq"
+    )
+    insert = (
+        "INSERT INTO deltas (job_id, seq, content, reasoning) "
+        f"SELECT v.column1, v.column2, v.column3, v.column4 {taken}"
+    )
+    if rows == 1:
+        # The same for one row, without the join and the grouping, which cost
+        # several times the rest: one delta of one job is the usual batch of
+        # a stream that stores its own.
+        update = (
+            "UPDATE jobs SET chunks_received = chunks_received + 1, last_seq = ?2, "
+            "content_length = content_length + ?3, reasoning_length = reasoning_length + ?4 "
+            f"WHERE id = ?1 AND status NOT IN {_TERMINAL} AND last_seq < ?2"
+        )
+        return insert, update
+    update = (
+        "UPDATE jobs SET chunks_received = jobs.chunks_received + t.taken, "
+        "last_seq = t.top_seq, content_length = jobs.content_length + t.content_grown, "
+        "reasoning_length = jobs.reasoning_length + t.reasoning_grown "
+        "FROM (SELECT v.column1 AS job_id, count(*) AS taken, max(v.column2) AS top_seq, "
+        "sum(v.column3) AS content_grown, sum(v.column4) AS reasoning_grown "
+        f"{taken} GROUP BY v.column1) AS t "
+        "WHERE jobs.id = t.job_id"
+    )
+    return insert, update
+
+
+_PADDING = (None, 0, "", "")
+
+
+def _append_statements(deltas: Sequence[Delta], most_rows: int) -> list[tuple[str, list[Any]]]:
+    """The statements that append ``deltas`` (each job's in seq order), with
+    their parameters: an INSERT and an UPDATE per ``most_rows`` deltas.
+
+    Why so few statements: the sqlite3 module lets go of the GIL for every
+    step of a statement, once per row under ``executemany``, and when the trio
+    thread is busy each time costs the writer a wait of up to the interpreter's
+    switch interval (5 ms) to get it back. A statement of many rows is one
+    step. Each chunk is padded up to a power of two with rows that match no
+    job, so a handful of statement texts, each compiled once and cached by the
+    connection, serve every batch size.
+    """
+    statements: list[tuple[str, list[Any]]] = []
+    for start in range(0, len(deltas), most_rows):
+        chunk = deltas[start : start + most_rows]
+        rows = 1 << (len(chunk) - 1).bit_length()
+        padding = rows - len(chunk)
+        insert, update = _append_sql(rows)
+        inserted: list[Any] = []
+        counted: list[Any] = []
+        for d in chunk:
+            inserted += (d.job_id, d.seq, d.content, d.reasoning)
+            counted += (d.job_id, d.seq, len(d.content), len(d.reasoning))
+        inserted += _PADDING * padding
+        counted += _PADDING * padding
+        statements.append((insert, inserted))
+        statements.append((update, counted))
+    return statements
+
+
 def _time_to_text(value: datetime, what: str) -> str:
     return as_utc(value, what).isoformat(timespec="microseconds")
 
@@ -497,6 +656,8 @@ def _job_to_row(job: Job) -> tuple[Any, ...]:
         job.finish_reason,
         _usage_to_text(job.usage),
         job.generation_id,
+        len(job.content),
+        len(job.reasoning),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from actors.errors import ServiceError
 from actors.http.auth import TokenAuthority
@@ -66,7 +67,7 @@ def build_app(
         Route("/metrics", ops.metrics, methods=["GET"]),
         Route("/openapi.json", ops.openapi, methods=["GET"]),
     ]
-    app = Starlette(
+    app = _App(
         routes=routes,
         exception_handlers={
             ApiError: api_error_handler,
@@ -83,5 +84,15 @@ def build_app(
         keepalive=keepalive,
         max_body_bytes=service.config.max_body_bytes,
     )
-    app.add_middleware(RequestContext)
     return app
+
+
+class _App(Starlette):
+    """Starlette with :class:`RequestContext` outside all of its own layers.
+
+    So the request id is on every answer, a 500 of Starlette's error layer too,
+    and :data:`~actors.http.request_context.DIRECT_SEND` is the server's own send.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestContext(super().build_middleware_stack())

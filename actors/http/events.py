@@ -1,7 +1,9 @@
 """Server-Sent Event streams of a follower, ended by the server's shutdown.
 
-Rendering uses sse-starlette's :class:`ServerSentEvent`; these iterators are
-the bodies of its ``EventSourceResponse``. They are classes rather than async
+A user's notifications and the seed's foreground stream: few events, so
+rendering uses sse-starlette's :class:`ServerSentEvent`, and these iterators
+are the bodies of its ``EventSourceResponse``. A job's events, the hot path,
+have a response of their own (:mod:`actors.http.sse`). They are classes rather than async
 generators so that cancellation (a client disconnect) never leaves a
 generator suspended inside a cancel scope.
 """
@@ -16,13 +18,13 @@ import orjson
 import trio
 from sse_starlette import ServerSentEvent
 
-from actors.api import DeltaEvent, JobEvent, SnapshotEvent, StatusEvent
+from actors.api import DeltaEvent, JobEvent, StatusEvent
 from actors.errors import JobNotFound
-from actors.http.schemas import delta_json, job_json, notification_json, status_json
+from actors.http.schemas import notification_json
 from actors.jobs.following import Follower, JobFollower, NotificationFollower
 from actors.model import JobStatus, Notification
 
-__all__ = ["ShutdownSignal", "foreground_stream", "job_stream", "notification_stream"]
+__all__ = ["ShutdownSignal", "foreground_stream", "notification_stream"]
 
 E = TypeVar("E")
 
@@ -102,32 +104,6 @@ class _SseStream(Generic[E]):
     async def aclose(self) -> None:
         self._follower.close()
         await trio.lowlevel.checkpoint()
-
-
-def job_stream(follower: JobFollower, shutdown: ShutdownSignal) -> _SseStream[JobEvent]:
-    """``snapshot``, ``delta`` (``id:`` = seq) and ``status`` events."""
-
-    def farewell() -> ServerSentEvent:
-        return _sse(
-            "shutdown",
-            {
-                "message": "server shutting down; resume with Last-Event-ID",
-                "last_seq": follower.last_seq,
-            },
-        )
-
-    return _SseStream(follower, shutdown, _job_sse, farewell)
-
-
-def _job_sse(event: JobEvent) -> ServerSentEvent:
-    if isinstance(event, DeltaEvent):
-        return ServerSentEvent(
-            data=orjson.dumps(delta_json(event)).decode(), event="delta", id=str(event.seq)
-        )
-    if isinstance(event, SnapshotEvent):
-        return _sse("snapshot", job_json(event.job))
-    assert isinstance(event, StatusEvent)
-    return _sse("status", status_json(event))
 
 
 def _sse(event: str, data: Any) -> ServerSentEvent:

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from actors.api import ChatRequest
 from actors.errors import JobNotFound
 from actors.http.errors import ApiError
-from actors.http.events import job_stream, notification_stream
+from actors.http.events import notification_stream
 from actors.http.routes import dependencies, principal, read_json, user_key
 from actors.http.schemas import (
     MAX_QUERY_INT,
@@ -27,6 +27,7 @@ from actors.http.schemas import (
     notification_json,
     structure_body,
 )
+from actors.http.sse import JobEventStream
 from actors.model import JobStatus
 
 __all__ = [
@@ -125,11 +126,7 @@ async def job_events(request: Request) -> Response:
     if await deps.service.get_job(who.owner, job_id) is None:
         raise JobNotFound(job_id)
     follower = deps.service.follow(who.owner, job_id, after)
-    return EventSourceResponse(
-        job_stream(follower, deps.shutdown),
-        ping=deps.keepalive,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return JobEventStream(follower, deps.shutdown, deps.keepalive)
 
 
 # -- notifications ------------------------------------------------------------------

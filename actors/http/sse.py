@@ -1,0 +1,201 @@
+"""The event stream of ``GET /v1/jobs/{id}/events``: the hot path of the API.
+
+Every delta of every followed job goes through here, so it is an ASGI
+response of its own rather than sse-starlette's: each event is encoded once,
+straight to bytes with orjson, and every event the follower has ready goes out
+in one ``http.response.body`` message, sent on the server's own ``send``
+(:data:`~actors.http.request_context.DIRECT_SEND`) past the middleware. The
+response start and its end still go through the middleware, so the request
+id, the status and the access line stay per request.
+
+One task reads the follower and writes; beside it, one sends a keep-alive
+comment whenever nothing was written for ``keepalive`` seconds (from the
+start, so a job that has not produced its first token yet is kept open too),
+and one watches ``receive()`` for the client's disconnect, which ends the
+stream at once. The :class:`~actors.http.events.ShutdownSignal` ends it with
+a ``shutdown`` event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import orjson
+import trio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from actors.api import DeltaEvent, JobEvent, SnapshotEvent, StatusEvent
+from actors.errors import JobNotFound
+from actors.http.events import ShutdownSignal
+from actors.http.request_context import DIRECT_SEND
+from actors.http.schemas import delta_json, job_json, status_json
+from actors.jobs.following import JobFollower
+
+__all__ = ["KEEPALIVE", "JobEventStream", "encode_event"]
+
+KEEPALIVE = b": keep-alive\n\n"
+"""The comment sent on an idle stream, so that proxies do not drop it."""
+
+_DELTA = b"id: %d\nevent: delta\ndata: %b\n\n"
+_NAMED = b"event: %b\ndata: %b\n\n"
+
+
+def encode_event(event: JobEvent) -> bytes:
+    """One event as SSE bytes: ``delta`` with ``id:`` = seq, ``snapshot``, ``status``.
+
+    orjson escapes line breaks inside strings, so the JSON is one ``data:`` line.
+    """
+    if isinstance(event, DeltaEvent):
+        return _DELTA % (event.seq, orjson.dumps(delta_json(event)))
+    if isinstance(event, SnapshotEvent):
+        return _NAMED % (b"snapshot", orjson.dumps(job_json(event.job)))
+    return _NAMED % (b"status", orjson.dumps(status_json(event)))
+
+
+class JobEventStream(Response):
+    """A job's events as Server-Sent Events, until its status, the client's
+    disconnect, or the server's shutdown.
+
+    A disconnect only closes the follower: the job goes on. The follower is
+    closed however the stream ends.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, follower: JobFollower, shutdown: ShutdownSignal, keepalive: float) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers(
+            {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+        )
+        self._follower = follower
+        self._shutdown = shutdown
+        self._keepalive = keepalive
+        # The seq of the last delta written, for the ``shutdown`` event's resume point.
+        self._last_seq = follower.last_seq
+        self._last_write = 0.0
+        self._writing = False
+        self._write_done = trio.lowlevel.ParkingLot()
+        self._disconnected = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        direct: Send = scope.get(DIRECT_SEND, send)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            if scope["method"] == "HEAD":
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            self._last_write = trio.current_time()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+                    if self._keepalive > 0:
+                        nursery.start_soon(self._keep_alive, direct)
+                    try:
+                        await self._pump(direct)
+                    finally:
+                        nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                _raise_single(group)
+        finally:
+            self._follower.close()
+        if not self._disconnected:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pump(self, send: Send) -> None:
+        """Read the follower and write what it has, a batch per message; return after
+        the ``status`` event, or the ``shutdown`` event, or once the job is gone."""
+        next_batch = _next_batch_of(self._follower)
+        shutdown = self._shutdown
+        while True:
+            try:
+                got, batch = await shutdown.run_until_triggered(next_batch)
+            except JobNotFound:
+                return  # deleted by retention since the route checked it
+            if not got:
+                await self._write(send, self._farewell())
+                return
+            if not batch:
+                return
+            frames = []
+            finished = False
+            for event in batch:
+                frames.append(encode_event(event))
+                if isinstance(event, DeltaEvent):
+                    self._last_seq = event.seq
+                elif isinstance(event, StatusEvent):
+                    finished = True
+                    break
+            await self._write(send, b"".join(frames))
+            if finished:
+                return
+
+    def _farewell(self) -> bytes:
+        data = {
+            "message": "server shutting down; resume with Last-Event-ID",
+            "last_seq": self._last_seq,
+        }
+        return _NAMED % (b"shutdown", orjson.dumps(data))
+
+    async def _write(self, send: Send, body: bytes) -> None:
+        """Send ``body`` as one message; waits while the other task's write is in
+        progress, so that writes never overlap."""
+        # Rare: a keep-alive goes only on an idle stream.
+        while self._writing:
+            await self._write_done.park()
+        self._writing = True
+        # Stamped as it starts: a write that waits for a slow client is not idleness.
+        self._last_write = trio.current_time()
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            self._writing = False
+            if self._write_done:
+                self._write_done.unpark_all()
+
+    async def _keep_alive(self, send: Send) -> None:
+        interval = self._keepalive
+        while True:
+            due = self._last_write + interval
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+            elif self._writing:
+                # A write that takes this long: the stream is not idle, the client is slow.
+                await trio.sleep(interval)
+            else:
+                await self._write(send, KEEPALIVE)
+
+    async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._disconnected = True
+                scope.cancel()
+                return
+
+
+def _next_batch_of(follower: JobFollower) -> Callable[[], Awaitable[list[JobEvent]]]:
+    """``follower.next_batch``; a batch of one event where the follower has none yet."""
+    next_batch: Callable[[], Awaitable[list[JobEvent]]] | None = getattr(
+        follower, "next_batch", None
+    )
+    if next_batch is not None:
+        return next_batch
+
+    async def one_event() -> list[JobEvent]:
+        try:
+            return [await follower.__anext__()]
+        except StopAsyncIteration:
+            return []
+
+    return one_event
+
+
+def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:
+    """Re-raise the one error of a task group on its own, as Starlette's streaming
+    responses do, so that the layers above see the error and not a group."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    raise error

@@ -189,11 +189,16 @@ class ServiceConfig:
     drain_timeout: float = attrs.field(default=10.0, validator=_at_least(0))
     """On shutdown, how long running jobs may go on before they are cut off."""
     flush_interval: float = attrs.field(default=0.05, validator=_above(0))
-    """Longest time a received delta waits before its batch is written to the store."""
+    """The persister's tick: every running job's new deltas are stored together, in
+    one write, this often; followers see a delta once it is stored."""
     flush_max_deltas: int = attrs.field(default=64, validator=_at_least(1))
-    """A batch holding this many deltas is written at once."""
-    follower_buffer: int = attrs.field(default=1024, validator=_at_least(1))
-    """Events queued for one live follower before that follower is dropped."""
+    """Most deltas of one job in one write; the rest go in the next tick's."""
+    follower_buffer: int = attrs.field(default=256, validator=_at_least(1))
+    """Deltas of a running job kept in memory for its followers; a follower further
+    behind reads the rest from the store."""
+    upstream_read_interval: float = attrs.field(default=0.05, validator=_at_least(0))
+    """Shortest time between two reads of one upstream response: the tokens that
+    arrive meanwhile are read, parsed and stored together. 0 reads as they come."""
     host: str = attrs.field(default="127.0.0.1", validator=_not_blank)
     """Address the HTTP server binds."""
     port: int = attrs.field(default=8000, validator=_between(0, 65535))

@@ -6,23 +6,21 @@ Replies are noted per message; "tell" messages have none.
 from __future__ import annotations
 
 import attrs
-import trio
 
-from actors.api import ChatRequest, JobEvent
-from actors.model import Delta, Job, JobStatus, Owner, Usage
+from actors.api import ChatRequest
+from actors.jobs.log import JobLog
+from actors.model import Job, Owner, Usage
 
 __all__ = [
     "AbortJob",
     "BeginDrain",
     "CreateJob",
     "DeleteNotification",
-    "DeltasStored",
     "FollowJob",
     "FollowNotifications",
-    "GetJob",
+    "GetLog",
     "InterruptAll",
     "JobFinished",
-    "ListJobs",
     "ListNotifications",
     "MarkAllRead",
     "MarkRead",
@@ -34,6 +32,7 @@ __all__ = [
     "Subscription",
     "Sweep",
     "SweepResult",
+    "TrackLog",
 ]
 
 # -- JobRegistry: from the facade -------------------------------------------
@@ -49,22 +48,6 @@ class CreateJob:
 
 
 @attrs.frozen
-class GetJob:
-    """Reply: the owner's :class:`Job`, or None (missing and foreign look the same)."""
-
-    owner: Owner
-    job_id: str
-
-
-@attrs.frozen
-class ListJobs:
-    """Reply: the owner's jobs, newest first."""
-
-    owner: Owner
-    status: JobStatus | None = None
-
-
-@attrs.frozen
 class AbortJob:
     """Reply: True if this call aborted a running job of the owner's."""
 
@@ -74,14 +57,13 @@ class AbortJob:
 
 @attrs.frozen
 class Subscription:
-    """Reply to :class:`FollowJob`: the job now, and where its live events arrive.
+    """Reply to :class:`FollowJob`: the job as stored now, and its live log.
 
-    ``events`` is None when the job is already terminal. Live events carry
-    only deltas with ``seq > job.last_seq``; earlier ones are in the store.
+    ``log`` is None when the job is already terminal: everything is in the store.
     """
 
     job: Job
-    events: trio.MemoryReceiveChannel[JobEvent] | None
+    log: JobLog | None = attrs.field(eq=False)
 
 
 @attrs.frozen
@@ -114,14 +96,6 @@ class StreamOpened:
 
 
 @attrs.frozen
-class DeltasStored:
-    """These deltas are in the store; update the job and tell its followers."""
-
-    job_id: str
-    deltas: tuple[Delta, ...]
-
-
-@attrs.frozen
 class StreamFinished:
     job_id: str
     finish_reason: str | None
@@ -133,6 +107,21 @@ class StreamFinished:
 class StreamFailed:
     job_id: str
     error: str
+
+
+@attrs.frozen
+class GetLog:
+    """To a StreamActor, from a restarted registry or persister. Reply: its :class:`JobLog`."""
+
+
+# -- Persister: from the JobRegistry ---------------------------------------------
+
+
+@attrs.frozen
+class TrackLog:
+    """Store this running job's deltas from now on, until its log is closed."""
+
+    log: JobLog = attrs.field(eq=False)
 
 
 # -- JobRegistry: from the Sweeper ---------------------------------------------

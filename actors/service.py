@@ -5,12 +5,15 @@
     service (supervisor, ONE_FOR_ONE)
     ├── store      StoreKeeper: opens the store first, answers health pings
     ├── notifier   Notifier
-    ├── registry   JobRegistry: the one authority on job state
+    ├── persister  Persister: every running job's new deltas, one write per tick
+    ├── registry   JobRegistry: the one authority on job lifecycle
     ├── streams    supervisor of per-job StreamActors (dynamic, TEMPORARY)
     └── sweeper    Sweeper: timeouts and retention, on trio's clock
 
-The facade talks to the actors only by messages; the HTTP adapter and the CLI
-use nothing else.
+A token goes from the upstream to the job's stream actor, into the job's log,
+and from there to its followers; the persister stores it beside that path.
+The facade asks the actors for lifecycle changes and reads finished jobs and
+lists straight from the store; the HTTP adapter and the CLI use nothing else.
 """
 
 from __future__ import annotations
@@ -35,15 +38,14 @@ from actors.dependencies import (
 )
 from actors.errors import ServiceError, UserKeyNotAllowed
 from actors.jobs.following import JobFollower, NotificationFollower
+from actors.jobs.persister import Persister
 from actors.jobs.registry import JobRegistry
 from actors.messages import (
     AbortJob,
     BeginDrain,
     CreateJob,
     DeleteNotification,
-    GetJob,
     InterruptAll,
-    ListJobs,
     ListNotifications,
     MarkAllRead,
     MarkRead,
@@ -83,6 +85,7 @@ def build_upstream(config: ServiceConfig) -> Upstream:
             config.upstream_base_url,
             config.upstream_api_key,
             idle_timeout=config.upstream_idle_timeout,
+            read_interval=config.upstream_read_interval,
         )
     return SimulatedUpstream(config.simulated_tokens_per_second)
 
@@ -96,6 +99,7 @@ def service_spec(deps: ServiceDependencies) -> SupervisorSpec:
         children=[
             ChildSpec("store", functools.partial(StoreKeeper, deps)),
             ChildSpec("notifier", functools.partial(Notifier, deps)),
+            ChildSpec("persister", functools.partial(Persister, deps)),
             ChildSpec("registry", functools.partial(JobRegistry, deps)),
             ChildSpec("streams", SupervisorSpec(max_restarts=1_000_000, within=1.0)),
             ChildSpec("sweeper", functools.partial(Sweeper, deps)),
@@ -142,9 +146,15 @@ class Service:
         return reply
 
     async def get_job(self, owner: Owner, job_id: str, offset: int = 0) -> JobView | None:
-        """The job with its content from ``offset`` on, or None if it is not the owner's."""
-        job: Job | None = await self._registry.ask(GetJob(owner, job_id), timeout=_ASK_TIMEOUT)
-        return None if job is None else JobView.of(job, offset)
+        """The job with its content from ``offset`` on, or None if it is not the owner's.
+
+        Read straight from the store, never queued behind the actors: a running
+        job shows what is stored of it, which is all any follower has seen.
+        """
+        job = await self._store.get_job(job_id)
+        if job is None or job.owner != owner:
+            return None
+        return JobView.of(job, offset)
 
     async def abort_job(self, owner: Owner, job_id: str) -> bool:
         """Abort a running job; closes the upstream response. Idempotent.
@@ -157,7 +167,7 @@ class Service:
 
     async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[JobView]:
         """The owner's jobs, newest first, without their content."""
-        jobs: list[Job] = await self._registry.ask(ListJobs(owner, status), timeout=_ASK_TIMEOUT)
+        jobs = await self._store.list_jobs(owner, status)
         return [JobView.of(job, len(job.content)) for job in jobs]
 
     def follow(self, owner: Owner, job_id: str, after_seq: int | None = None) -> JobFollower:

@@ -1,11 +1,12 @@
 """Followers: async iterators over a job's events and a user's new notifications.
 
-A :class:`JobFollower` subscribes to the registry, replays the stored deltas
-after ``after_seq`` up to the moment it subscribed, then passes on the live
-ones, and ends with the terminal status. If its live channel ends early
-(it fell more than ``follower_buffer`` events behind, or the registry
-restarted) the server side has already let go of it; it subscribes again and
-replays from the store what it missed, so the caller sees every delta once.
+A :class:`JobFollower` asks the registry once for the job and its live
+:class:`~actors.jobs.log.JobLog`; from then on it reads without the registry:
+the stored deltas after ``after_seq`` up to what the store held when it
+subscribed, then the log's, up to the log's persisted watermark, then the
+terminal status. A follower further behind than the log's in-memory tail reads
+from the store until it catches up, so the caller sees every delta once, and
+a slow follower never holds the job back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import trio
 
 from actors.api import DeltaEvent, JobEvent, JobView, SnapshotEvent, StatusEvent
 from actors.errors import JobNotFound
+from actors.jobs.log import JobLog
 from actors.messages import FollowJob, FollowNotifications, Subscription
 from actors.model import Notification, Owner
 from actors.stores import Store
@@ -28,16 +30,14 @@ __all__ = ["Follower", "JobFollower", "NotificationFollower"]
 
 T = TypeVar("T")
 
+# Most events one batch carries.
+_BATCH = 256
+
 
 class Follower(abc.ABC, Generic[T]):
-    """What both followers share: a live channel from an actor, and closing it.
-
-    Closing drops our end of the channel; the actor lets go of its end the
-    next time it has something to send.
-    """
+    """What both followers share: ``async for``, ``async with`` and closing."""
 
     def __init__(self) -> None:
-        self._live: trio.MemoryReceiveChannel[T] | None = None
         self._closed = False
 
     def __aiter__(self) -> Self:
@@ -50,9 +50,6 @@ class Follower(abc.ABC, Generic[T]):
     def close(self) -> None:
         """Stop following; iteration ends."""
         self._closed = True
-        if self._live is not None:
-            self._live.close()
-            self._live = None
 
     async def aclose(self) -> None:
         self.close()
@@ -73,8 +70,10 @@ class Follower(abc.ABC, Generic[T]):
 class JobFollower(Follower[JobEvent]):
     """``async for event in follower`` yields a snapshot, deltas, then the status.
 
-    Close it with :meth:`aclose` (or use ``async with``) when stopping early.
-    Iteration raises :class:`JobNotFound` if the job is not the owner's.
+    :meth:`next_batch` gives every event that is ready at once, for callers
+    that write them together. Close it with :meth:`aclose` (or use ``async
+    with``) when stopping early. Iterating raises :class:`JobNotFound` if the
+    job is not the owner's.
     """
 
     def __init__(
@@ -91,68 +90,118 @@ class JobFollower(Follower[JobEvent]):
         self._owner = owner
         self._job_id = job_id
         self.last_seq = after_seq or 0
+        self._subscribed = False
         self._snapshot_sent = False
-        self._replay: deque[DeltaEvent] = deque()
+        self._log: JobLog | None = None
         self._replay_until = 0
         self._final: StatusEvent | None = None
-        self.resubscriptions = 0
+        self._done = False
+        self._ready: deque[JobEvent] = deque()
+        # How often it fell behind the log's in-memory tail and read the store.
+        self.catch_ups = 0
 
     async def __anext__(self) -> JobEvent:
-        while not self._closed:
-            if self._live is None and self._final is None:
-                subscription = await self._subscribe()
-                if not self._snapshot_sent:
-                    self._snapshot_sent = True
-                    job = subscription.job
-                    return SnapshotEvent(JobView.of(job, offset=len(job.content)))
-            if self._replay:
-                event = self._replay.popleft()
-                self.last_seq = event.seq
-                return event
-            if self.last_seq < self._replay_until:
-                await self._load_replay()
-                continue
-            if self._final is not None:
-                self._closed = True
-                return self._final
-            assert self._live is not None
-            try:
-                live = await self._live.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                self._live = None
-                self.resubscriptions += 1
-                continue
-            if isinstance(live, DeltaEvent):
-                if live.seq > self.last_seq:
-                    self.last_seq = live.seq
-                    return live
-            elif isinstance(live, StatusEvent):
-                self._closed = True
-                return live
-        raise StopAsyncIteration
+        if not self._ready:
+            self._ready.extend(await self.next_batch())
+        if not self._ready:
+            raise StopAsyncIteration
+        return self._ready.popleft()
 
-    async def _subscribe(self) -> Subscription:
+    def close(self) -> None:
+        if not self._closed and self._log is not None:
+            self._log.watchers -= 1
+        super().close()
+
+    async def next_batch(self) -> list[JobEvent]:
+        """Wait for the next events and return them with all that follow at once.
+
+        At most 256 events. Returns an empty list once the status was given or
+        the follower was closed. Raises :class:`JobNotFound` if the job is not
+        the owner's. Cancellation loses nothing: the next call goes on.
+        """
+        if self._closed or self._done:
+            await trio.lowlevel.checkpoint()
+            return []
+        if not self._subscribed:
+            snapshot = await self._subscribe()
+            if snapshot is not None:
+                return [snapshot]
+        while True:
+            if self.last_seq < self._replay_until:
+                replayed = await self._replay()
+                if replayed:
+                    return self._with_final(replayed)
+                continue
+            job_log = self._log
+            if job_log is None:
+                return self._end()
+            fresh = job_log.read_after(self.last_seq, _BATCH)
+            if fresh is None:
+                # Behind the tail: what it no longer holds is in the store.
+                self.catch_ups += 1
+                self._replay_until = job_log.persisted_seq
+                continue
+            if fresh:
+                self.last_seq = fresh[-1].seq
+                return self._with_final(list[JobEvent](fresh))
+            final = job_log.final
+            if final is not None:
+                self._final = final
+                if self.last_seq < final.last_seq:
+                    self._replay_until = final.last_seq
+                    continue
+                return self._end()
+            await job_log.wait_for(self.last_seq)
+            if self._closed:
+                return []
+
+    async def _subscribe(self) -> SnapshotEvent | None:
         subscription: Subscription | None = await self._registry.ask(
             FollowJob(self._owner, self._job_id), timeout=30.0
         )
         if subscription is None:
             raise JobNotFound(self._job_id)
+        self._subscribed = True
         job = subscription.job
         self._replay_until = job.last_seq
-        self._live = subscription.events
-        if subscription.events is None:
+        self._log = subscription.log
+        if self._log is None:
             self._final = StatusEvent(
                 job.status, job.error, job.finish_reason, job.usage, job.last_seq
             )
-        return subscription
+        else:
+            self._log.watchers += 1
+        if self._snapshot_sent:
+            return None
+        self._snapshot_sent = True
+        return SnapshotEvent(JobView.of(job, offset=len(job.content)))
 
-    async def _load_replay(self) -> None:
+    async def _replay(self) -> list[JobEvent]:
+        """The next stored deltas up to the replay point; none if the store has no more."""
         deltas = await self._store.get_deltas(self._job_id, self.last_seq)
-        self._replay.extend(
-            DeltaEvent(d.seq, d.content, d.reasoning) for d in deltas if d.seq <= self._replay_until
-        )
-        if not self._replay:  # the store has nothing more (deleted meanwhile)
+        events: list[JobEvent] = [
+            DeltaEvent(d.seq, d.content, d.reasoning)
+            for d in deltas[:_BATCH]
+            if d.seq <= self._replay_until
+        ]
+        if events:
+            self.last_seq = events[-1].seq  # type: ignore[union-attr]
+        else:  # the store has nothing more (deleted meanwhile)
             self._replay_until = self.last_seq
+        return events
+
+    def _with_final(self, events: list[JobEvent]) -> list[JobEvent]:
+        """``events``, and the status after them if nothing else can follow."""
+        final = self._final if self._log is None else self._log.final
+        if final is not None and self.last_seq >= final.last_seq:
+            self._final = final
+            events.extend(self._end())
+        return events
+
+    def _end(self) -> list[JobEvent]:
+        self._done = True
+        final, self._final = self._final, None
+        return [] if final is None else [final]
 
 
 class NotificationFollower(Follower[Notification]):
@@ -166,6 +215,13 @@ class NotificationFollower(Follower[Notification]):
         super().__init__()
         self._notifier = notifier
         self._owner = owner
+        self._live: trio.MemoryReceiveChannel[Notification] | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self._live is not None:
+            self._live.close()
+            self._live = None
 
     async def __anext__(self) -> Notification:
         while not self._closed:

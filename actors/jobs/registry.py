@@ -1,12 +1,16 @@
-"""The :class:`JobRegistry` actor: the one authority on job state.
+"""The :class:`JobRegistry` actor: the one authority on job lifecycle.
 
-It holds the running jobs in memory and writes every status change to the
-store before it answers. Each running job has a
-:class:`~actors.jobs.stream.StreamActor` (a temporary child of ``service/streams``)
-that talks to the upstream and writes the job's deltas; the registry writes
-everything else. Because one actor decides, the caps are exact and a terminal
-status is final: a late completion after an abort finds no running job and
-changes nothing.
+It decides: creation and the caps, status changes, abort, timeouts, the end
+of a job, and whether to notify. It writes every status change to the store
+before it answers. It does not relay tokens: each running job has a
+:class:`~actors.jobs.log.JobLog`, appended by its
+:class:`~actors.jobs.stream.StreamActor` (a temporary child of
+``service/streams``), stored by the persister and read by followers directly.
+Because one actor decides, the caps are exact and a terminal status is final:
+a late completion after an abort finds no running job and changes nothing.
+
+Its handlers never wait on another actor's slow path: stopping a stream (and
+its grace time) and notifying run in tasks of their own.
 """
 
 from __future__ import annotations
@@ -18,30 +22,29 @@ from typing import Any
 
 import attrs
 import structlog
-import trio
 
-from actors.api import ChatRequest, DeltaEvent, JobEvent, StatusEvent
-from actors.dependencies import NOTIFIER, STREAMS, ServiceDependencies
+from actors.api import ChatRequest, StatusEvent
+from actors.dependencies import NOTIFIER, PERSISTER, STREAMS, ServiceDependencies
 from actors.errors import ServerBusy, ServiceError, TooManyJobs
+from actors.jobs.log import JobLog
 from actors.jobs.stream import StreamActor
 from actors.messages import (
     AbortJob,
     BeginDrain,
     CreateJob,
-    DeltasStored,
     FollowJob,
-    GetJob,
+    GetLog,
     InterruptAll,
     JobFinished,
-    ListJobs,
     StreamFailed,
     StreamFinished,
     StreamOpened,
     Subscription,
     Sweep,
     SweepResult,
+    TrackLog,
 )
-from actors.model import Delta, Job, JobStatus, Owner, Usage
+from actors.model import Job, JobStatus, Owner, Usage
 from actors.stores import Store
 from actors.upstream import UpstreamRequest
 from runtime import (
@@ -73,34 +76,13 @@ class _CheckOrphans:
 class _Running:
     """A running job as the registry tracks it (private to the registry).
 
-    ``job`` has every field up to date but ``content`` and ``reasoning``:
-    deltas are collected in ``_pieces`` and joined only when someone reads the
-    job (:meth:`current`), so a long answer is not copied once per batch.
+    ``job`` has every field up to date but the content and the delta counts,
+    which live in ``log`` and the store.
     """
 
     job: Job
+    log: JobLog
     stream: ActorRef | None = None
-    followers: list[trio.MemorySendChannel[JobEvent]] = attrs.field(factory=list)
-    _pieces: list[Delta] = attrs.field(factory=list)
-
-    def add(self, deltas: list[Delta]) -> None:
-        self._pieces.extend(deltas)
-        self.job = attrs.evolve(
-            self.job,
-            chunks_received=self.job.chunks_received + len(deltas),
-            last_seq=deltas[-1].seq,
-        )
-
-    def current(self) -> Job:
-        """The job with all its content so far."""
-        if self._pieces:
-            pieces, self._pieces = self._pieces, []
-            self.job = attrs.evolve(
-                self.job,
-                content=self.job.content + "".join(d.content for d in pieces),
-                reasoning=self.job.reasoning + "".join(d.reasoning for d in pieces),
-            )
-        return self.job
 
 
 class JobRegistry(Actor):
@@ -114,13 +96,19 @@ class JobRegistry(Actor):
         self._store: Store = await self._deps.stores.get()
         orphans = []
         for job in await self._store.list_jobs_by_status([JobStatus.QUEUED, JobStatus.STREAMING]):
-            running = self._running[job.id] = _Running(job)
             stream = self.context.system.lookup(f"{STREAMS}/{job.id}")
-            if stream is None:
+            job_log: JobLog | None = None
+            if stream is not None:
+                try:
+                    job_log = await stream.ask(GetLog(), timeout=5.0)
+                except (ActorStopped, AskTimeout, ActorCrashed):
+                    job_log = None
+            if job_log is None:
+                running = self._running[job.id] = _Running(job, self._new_log(job))
                 orphans.append(running)
             else:
-                running.stream = stream
-                self.context.watch(stream)
+                self._running[job.id] = _Running(job, job_log, stream)
+                self.context.watch(stream)  # type: ignore[arg-type]
         if self.context.restarts == 0:
             # A previous process left these running: their streams are gone.
             for running in orphans:
@@ -132,21 +120,17 @@ class JobRegistry(Actor):
             # report in our mailbox, ahead of this check.
             self.context.start_task(self.context.self.tell, _CheckOrphans())
 
-    async def on_stop(self, reason: ExitReason) -> None:
-        # Followers resubscribe on their own when their channel ends early.
-        for running in self._running.values():
-            for follower in running.followers:
-                follower.close()
+    def _new_log(self, job: Job) -> JobLog:
+        return JobLog(job.id, persisted_seq=job.last_seq, tail_size=self._config.follower_buffer)
 
     async def handle(self, message: Any) -> Any:
         match message:
-            case DeltasStored():
-                self._on_deltas(message)
             case StreamOpened(job_id, generation_id):
                 await self._on_opened(job_id, generation_id)
             case StreamFinished(job_id, finish_reason, usage, generation_id):
                 running = self._running.get(job_id)
                 if running is not None:
+                    self._release_stream(running)
                     await self._finish(
                         running,
                         JobStatus.COMPLETE,
@@ -157,17 +141,14 @@ class JobRegistry(Actor):
             case StreamFailed(job_id, error):
                 running = self._running.get(job_id)
                 if running is not None:
+                    self._release_stream(running)
                     await self._finish(running, JobStatus.ERROR, error=error)
             case Terminated(ref, reason, error):
                 await self._on_stream_stopped(ref, reason, error)
-            case GetJob(owner, job_id):
-                return await self._get(owner, job_id)
             case CreateJob(owner, request):
                 return await self._create(owner, request)
             case AbortJob(owner, job_id):
                 return await self._abort(owner, job_id)
-            case ListJobs(owner, status):
-                return await self._store.list_jobs(owner, status)
             case FollowJob(owner, job_id):
                 return await self._follow(owner, job_id)
             case Sweep():
@@ -212,7 +193,8 @@ class JobRegistry(Actor):
             started_at=self._deps.clock.now(),
         )
         await self._store.create_job(job)
-        running = self._running[job.id] = _Running(job)
+        job_log = self._new_log(job)
+        running = self._running[job.id] = _Running(job, job_log)
         self._deps.metrics.jobs_started.inc()
         self._deps.metrics.jobs_running.set(len(self._running))
         upstream_request = UpstreamRequest(
@@ -223,9 +205,17 @@ class JobRegistry(Actor):
         )
         spec = ChildSpec(
             job.id,
-            functools.partial(StreamActor, self._deps, job.id, upstream_request, self.context.self),
+            functools.partial(
+                StreamActor, self._deps, job_log, upstream_request, self.context.self
+            ),
             restart=Restart.TEMPORARY,
         )
+        persister = self.context.system.lookup(PERSISTER)
+        if persister is None:
+            await self._finish(running, JobStatus.ERROR, error="could not start: no persister")
+            return ServerBusy("the service is restarting; try again")
+        # Tracked first: the stream's first delta must find the persister ready.
+        persister.tell_nowait(TrackLog(job_log))
         try:
             running.stream = await self._streams().start_child(spec)
         except Exception as error:
@@ -234,18 +224,10 @@ class JobRegistry(Actor):
         self.context.watch(running.stream)
         return job
 
-    async def _get(self, owner: Owner, job_id: str) -> Job | None:
-        running = self._running.get(job_id)
-        job = running.current() if running is not None else await self._store.get_job(job_id)
-        if job is None or job.owner != owner:
-            return None
-        return job
-
     async def _abort(self, owner: Owner, job_id: str) -> bool:
         running = self._running.get(job_id)
         if running is None or running.job.owner != owner:
             return False
-        await self._stop_stream(running)
         await self._finish(running, JobStatus.ABORTED)
         return True
 
@@ -258,25 +240,12 @@ class JobRegistry(Actor):
             return Subscription(job, None)
         if running.job.owner != owner:
             return None
-        send, receive = trio.open_memory_channel[JobEvent](self._config.follower_buffer)
-        running.followers.append(send)
-        return Subscription(running.current(), receive)
+        job = await self._store.get_job(job_id)
+        if job is None:
+            return None
+        return Subscription(job, running.log)
 
     # -- reports from the streams ----------------------------------------------
-
-    def _on_deltas(self, message: DeltasStored) -> None:
-        running = self._running.get(message.job_id)
-        if running is None:
-            return
-        job = running.job
-        # After a restart of this actor the store already has some of these.
-        fresh = [d for d in message.deltas if d.seq > job.last_seq]
-        if not fresh:
-            return
-        running.add(fresh)
-        if running.followers:
-            events = [DeltaEvent(d.seq, d.content, d.reasoning) for d in fresh]
-            running.followers = [f for f in running.followers if _offer(f, events)]
 
     async def _on_opened(self, job_id: str, generation_id: str | None) -> None:
         running = self._running.get(job_id)
@@ -297,6 +266,7 @@ class JobRegistry(Actor):
         running = self._running.get(job_id)
         if running is None or running.stream != ref:
             return
+        running.stream = None
         detail = f": {type(error).__name__}: {error}" if error is not None else ""
         await self._finish(
             running, JobStatus.ERROR, error=f"stream stopped ({reason.value}){detail}"
@@ -310,7 +280,6 @@ class JobRegistry(Actor):
         for running in list(self._running.values()):
             age = (now - running.job.started_at).total_seconds()
             if age >= self._config.job_timeout:
-                await self._stop_stream(running)
                 await self._finish(running, JobStatus.ERROR, error="Job timed out")
                 timed_out += 1
         cutoff = now - timedelta(seconds=self._config.retention)
@@ -326,7 +295,6 @@ class JobRegistry(Actor):
     async def _interrupt_all(self, reason: str) -> int:
         running_jobs = list(self._running.values())
         for running in running_jobs:
-            await self._stop_stream(running)
             await self._finish(running, JobStatus.ERROR, error=reason)
         return len(running_jobs)
 
@@ -338,19 +306,23 @@ class JobRegistry(Actor):
             raise ServerBusy("the stream supervisor is not running")
         return ref
 
-    async def _stop_stream(self, running: _Running) -> None:
-        """Stop the job's stream, which closes the upstream response and stores its last deltas."""
+    def _stop_stream_soon(self, running: _Running) -> None:
+        """Stop the job's stream in a task: that cancels the upstream call, which
+        closes the HTTP response; its grace time is not this handler's to wait."""
         stream, running.stream = running.stream, None
         if stream is not None:
             self.context.unwatch(stream)
-            with contextlib.suppress(ActorStopped, ServerBusy):
-                await self._streams().stop_child(running.job.id)
-            # The stream's last deltas are in the store, but their report waits
-            # behind this handler and would find the job finished: take them
-            # now, so followers get them before the status and last_seq is right.
-            last = await self._store.get_deltas(running.job.id, running.job.last_seq)
-            if last:
-                self._on_deltas(DeltasStored(running.job.id, tuple(last)))
+            self.context.start_task(self._stop_stream, running.job.id)
+
+    async def _stop_stream(self, job_id: str) -> None:
+        with contextlib.suppress(ActorStopped, ServerBusy):
+            await self._streams().stop_child(job_id)
+
+    def _release_stream(self, running: _Running) -> None:
+        """The stream reported its outcome and stops by itself: let it go."""
+        if running.stream is not None:
+            self.context.unwatch(running.stream)
+            running.stream = None
 
     async def _finish(
         self,
@@ -362,9 +334,16 @@ class JobRegistry(Actor):
         usage: Usage | None = None,
         generation_id: str | None = None,
     ) -> None:
-        """Record a terminal status, end the followers, and have the notifier decide."""
+        """Record a terminal status, end the log, and have the notifier decide (in a task).
+
+        The stored job ends with every delta its log received by then; the log
+        closes at the stored seq, so no follower ever sees a delta the store
+        does not keep, and every follower gets all of them.
+        """
+        del self._running[running.job.id]
+        self._stop_stream_soon(running)
         job = attrs.evolve(
-            running.current(),
+            running.job,
             status=status,
             error=error,
             completed_at=self._deps.clock.now(),
@@ -372,22 +351,23 @@ class JobRegistry(Actor):
             usage=usage,
             generation_id=generation_id or running.job.generation_id,
         )
-        del self._running[job.id]
+        # A stopped stream may leave deltas the persister has not taken yet:
+        # store them now, after whatever it has in flight, so the job keeps
+        # everything it received.
+        pending = running.log.take_pending()
+        if pending:
+            await self._store.append_deltas(job.id, pending)
         await self._store.update_job(job)
+        stored = await self._store.get_job(job.id)
+        last_seq = stored.last_seq if stored is not None else running.log.persisted_seq
         self._deps.metrics.jobs_finished.labels(status.value).inc()
         self._deps.metrics.jobs_running.set(len(self._running))
-        final = StatusEvent(status, error, finish_reason, usage, job.last_seq)
-        watched = False
-        for follower in running.followers:
-            # Offer to every follower: short-circuiting would leave the rest without the status.
-            delivered = _offer(follower, [final])
-            watched = watched or delivered
-            follower.close()
-        if running.stream is not None:
-            self.context.unwatch(running.stream)
+        watched = running.log.watchers > 0
+        running.log.close(StatusEvent(status, error, finish_reason, usage, last_seq))
         log.info("job finished", job_id=job.id, status=status.value, watched=watched)
         if status in (JobStatus.COMPLETE, JobStatus.ERROR):
-            await self._notify(job, watched)
+            final = stored if stored is not None else job
+            self.context.start_task(self._notify, final, watched)
 
     async def _notify(self, job: Job, watched: bool) -> None:
         notifier = self.context.system.lookup(NOTIFIER)
@@ -404,14 +384,3 @@ class JobRegistry(Actor):
             except ActorStopped:
                 break
         log.error("job finished without a notification", job_id=job.id)
-
-
-def _offer(follower: trio.MemorySendChannel[JobEvent], events: list[Any]) -> bool:
-    """Give ``events`` to a follower; False if it is gone or too far behind (then it is closed)."""
-    try:
-        for event in events:
-            follower.send_nowait(event)
-    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-        follower.close()
-        return False
-    return True

@@ -1,25 +1,26 @@
-"""The :class:`StreamActor`: runs one job's upstream stream and stores its deltas.
+"""The :class:`StreamActor`: runs one job's upstream stream into the job's log.
 
-Each delta gets the next ``seq`` and goes through a bounded channel to a
-writer task, which stores deltas in batches bounded by ``flush_interval`` and
-``flush_max_deltas`` and then tells the registry. Deltas reach the store
-before the registry hears of them, so a follower that replays the store up to
-the registry's ``last_seq`` and then listens live sees each delta exactly once.
+Each delta the upstream yields is appended to the job's
+:class:`~actors.jobs.log.JobLog`, which gives it the next ``seq``; the
+persister stores it with every other job's deltas and then wakes the
+followers. Nothing on this path waits for another actor or for the store: a
+token costs an append. When the upstream is done the actor waits until its log
+is stored, then reports the outcome to the registry.
 
 Stopping the actor (abort, timeout, shutdown) cancels the upstream call, which
-closes the HTTP response, and ``on_stop`` stores the deltas not yet written.
+closes the HTTP response.
 """
 
 from __future__ import annotations
 
-import contextlib
+from typing import Any
 
 import structlog
 import trio
 
 from actors.dependencies import ServiceDependencies
-from actors.messages import DeltasStored, StreamFailed, StreamFinished, StreamOpened
-from actors.model import Delta
+from actors.jobs.log import JobLog
+from actors.messages import GetLog, StreamFailed, StreamFinished, StreamOpened
 from actors.upstream import (
     StreamOpened as UpstreamOpened,
 )
@@ -29,7 +30,7 @@ from actors.upstream import (
     UpstreamEvent,
     UpstreamRequest,
 )
-from runtime import Actor, ActorCrashed, ActorRef, ActorStopped, ExitReason, MailboxFull
+from runtime import Actor, ActorCrashed, ActorRef, ActorStopped
 
 __all__ = ["StreamActor"]
 
@@ -42,42 +43,25 @@ class StreamActor(Actor):
     def __init__(
         self,
         deps: ServiceDependencies,
-        job_id: str,
+        job_log: JobLog,
         request: UpstreamRequest,
         registry: ActorRef,
     ) -> None:
         self._deps = deps
-        self._job_id = job_id
+        self._log = job_log
+        self._job_id = job_log.job_id
         self._request = request
         self._registry = registry
-        self._seq = 0
         self._generation_id: str | None = None
-        # Deltas taken from the channel but not yet confirmed stored.
-        self._unflushed: list[Delta] = []
-        self._deltas_in, self._deltas_out = trio.open_memory_channel[Delta](
-            deps.config.flush_max_deltas * 4
-        )
-        self._written = trio.Event()
         self._requested_at = 0.0
 
     async def on_start(self) -> None:
-        self._store = await self._deps.stores.get()
-        self.context.start_task(self._write_deltas)
         self.context.start_task(self._stream)
 
-    async def on_stop(self, reason: ExitReason) -> None:
-        while True:
-            try:
-                self._unflushed.append(self._deltas_out.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-        if self._unflushed:
-            deltas = tuple(self._unflushed)
-            await self._store.append_deltas(self._job_id, deltas)
-            self._unflushed.clear()
-            # If the registry cannot take it now, it reads the store when it needs to.
-            with contextlib.suppress(MailboxFull, ActorStopped):
-                self._registry.tell_nowait(DeltasStored(self._job_id, deltas))
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, GetLog):
+            return self._log
+        self.unhandled(message)
 
     async def _stream(self) -> None:
         final: StreamFinished | StreamFailed
@@ -95,8 +79,8 @@ class StreamActor(Actor):
                 result.usage,
                 result.generation_id or self._generation_id,
             )
-        self._deltas_in.close()
-        await self._written.wait()
+        # The outcome counts once the text it ends is stored.
+        await self._log.flushed()
         await self._report(final)
         self.context.stop()
 
@@ -119,37 +103,17 @@ class StreamActor(Actor):
     async def _on_event(self, event: UpstreamEvent) -> None:
         if isinstance(event, TextDelta):
             if event.content or event.reasoning:
-                if self._seq == 0:
+                if self._log.appended_seq == self._log.persisted_seq == 0:
                     self._deps.metrics.upstream_first_token.observe(
                         trio.current_time() - self._requested_at
                     )
-                self._seq += 1
-                await self._deltas_in.send(
-                    Delta(self._job_id, self._seq, event.content, event.reasoning)
-                )
+                try:
+                    self._log.append_nowait(event.content, event.reasoning)
+                except trio.ClosedResourceError:
+                    # The job ended (aborted, timed out): stop reading.
+                    self.context.stop()
+                    await trio.sleep_forever()
         elif isinstance(event, UpstreamOpened):
             if self._generation_id is None or event.generation_id:
                 self._generation_id = event.generation_id
             await self._registry.tell(StreamOpened(self._job_id, event.generation_id))
-
-    async def _write_deltas(self) -> None:
-        config = self._deps.config
-        while True:
-            try:
-                self._unflushed.append(await self._deltas_out.receive())
-            except trio.EndOfChannel:
-                break
-            with trio.move_on_after(config.flush_interval):
-                while len(self._unflushed) < config.flush_max_deltas:
-                    try:
-                        self._unflushed.append(await self._deltas_out.receive())
-                    except trio.EndOfChannel:
-                        break
-            await self._flush()
-        self._written.set()
-
-    async def _flush(self) -> None:
-        deltas = tuple(self._unflushed)
-        await self._store.append_deltas(self._job_id, deltas)
-        self._unflushed.clear()
-        await self._registry.tell(DeltasStored(self._job_id, deltas))

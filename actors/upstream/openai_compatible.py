@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -26,6 +27,9 @@ from actors.upstream.events import (
     UpstreamRequest,
 )
 from actors.upstream.sse import SSEComment, SSEDecoder
+
+# Body pieces read ahead of the parser; past it, reading waits for the parser.
+_BODY_BUFFER = 4
 
 __all__ = ["DEFAULT_BASE_URL", "MAX_RETRY_AFTER", "OpenAICompatibleUpstream"]
 
@@ -62,6 +66,7 @@ class OpenAICompatibleUpstream:
         *,
         idle_timeout: float = 60.0,
         connect_timeout: float = 10.0,
+        read_interval: float = 0.0,
         max_attempts: int = 4,
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
@@ -72,6 +77,9 @@ class OpenAICompatibleUpstream:
             raise ValueError("max_attempts must be at least 1")
         if idle_timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if not 0 <= read_interval < idle_timeout:
+            raise ValueError("read_interval must be at least 0 and below the idle timeout")
+        self._read_interval = read_interval
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key
         self._idle_timeout = idle_timeout
@@ -87,6 +95,9 @@ class OpenAICompatibleUpstream:
                 connect=connect_timeout, read=None, write=connect_timeout, pool=connect_timeout
             ),
             follow_redirects=False,
+            # httpx's default pool of 100 connections would quietly cap the
+            # jobs that stream at once; the service's own caps bound them.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
         )
 
     def __repr__(self) -> str:
@@ -207,16 +218,14 @@ class OpenAICompatibleUpstream:
         on_event: Callable[[UpstreamEvent], Awaitable[None]],
         progress: _Progress,
     ) -> StreamResult:
-        # The body is read by a separate task that never checkpoints outside httpx's
-        # iterators. Cancellation therefore always lands inside them and unwinds them
-        # cleanly; leaving them half-consumed (by a break, an exception or a cancel
-        # inside on_event) would leave async generators for the garbage collector.
-        # The channel is unbounded, but what fills it is paced by the model's output.
-        send, receive = trio.open_memory_channel[_BodyItem](math.inf)
+        # The body is read by a separate task, so that a slow on_event holds back
+        # the reads (the channel is small) without ever leaving httpx's iterator
+        # half-consumed: the pump closes it however it ends.
+        send, receive = trio.open_memory_channel[_BodyItem](_BODY_BUFFER)
         parser = _ChunkParser(generation_id, api_key)
         outcome: StreamResult | Exception
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump_body, response, send)
+            nursery.start_soon(_pump_body, response, send, self._read_interval)
             try:
                 outcome = await self._parse_body(receive, parser, on_event, progress)
             except Exception as exc:
@@ -334,14 +343,47 @@ class _ChunkParser:
         return deltas
 
 
-async def _pump_body(response: httpx.Response, send: trio.MemorySendChannel[_BodyItem]) -> None:
-    """Copy the response body into ``send``; never checkpoints outside httpx's iterators."""
+async def _pump_body(
+    response: httpx.Response, send: trio.MemorySendChannel[_BodyItem], read_interval: float
+) -> None:
+    """Copy the response body into ``send``, waiting for room (backpressure).
+
+    With ``read_interval``, two reads are at least that far apart: what the
+    upstream sent meanwhile waits in the socket buffer and comes in one read,
+    so a token costs a fraction of a read, a parse pass and a store append.
+    """
+    pieces = response.aiter_bytes()
     with send:
         try:
-            async for piece in response.aiter_bytes():
-                send.send_nowait(piece)
+            while True:
+                try:
+                    piece = await pieces.__anext__()
+                except StopAsyncIteration:
+                    return
+                try:
+                    await send.send(piece)
+                    if read_interval:
+                        await trio.sleep(read_interval)
+                except trio.Cancelled:
+                    await _unwind_cancelled(pieces)
+                    raise
         except httpx.HTTPError as exc:
-            send.send_nowait(exc)
+            # The iterators ended with the error, so waiting here is safe.
+            await send.send(exc)
+
+
+async def _unwind_cancelled(pieces: AsyncIterator[bytes]) -> None:
+    """Read on under the cancellation until httpx's iterators end.
+
+    Left suspended, httpx's and httpcore's nested async generators would be
+    collected unfinished (a ResourceWarning under trio, as after a ``break``).
+    The next read that waits for the socket raises the pending Cancelled
+    inside the innermost of them, which ends each one on its way out; reads
+    that httpcore can answer from its buffer come first.
+    """
+    with contextlib.suppress(trio.Cancelled, StopAsyncIteration, httpx.HTTPError):
+        while True:
+            await pieces.__anext__()
 
 
 def _text(value: object) -> str:

@@ -214,6 +214,8 @@ async def test_aborted_and_timed_out_jobs_free_their_slots(
             await service.start_job(ben, chat_request())
 
         assert await service.abort_job(ann, first.id)
+        # The stream is stopped right after the reply, in a task of the registry.
+        await trio.testing.wait_all_tasks_blocked()
         assert upstream.cancelled == 1, "the abort reached the upstream call"
         await service.start_job(ben, chat_request())
         with pytest.raises(ServerBusy):
@@ -222,6 +224,7 @@ async def test_aborted_and_timed_out_jobs_free_their_slots(
         await trio.sleep(61.0)
         result = await service.sweep()
         assert result.timed_out == 2
+        await trio.testing.wait_all_tasks_blocked()
         assert upstream.cancelled == 3
         assert len(admitted(await start_all(service, [ann, ann, ben, ben]))) == 2
 

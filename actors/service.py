@@ -22,6 +22,7 @@ import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
 import structlog
 import trio
 
@@ -167,8 +168,14 @@ class Service:
 
     async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[JobView]:
         """The owner's jobs, newest first, without their content."""
-        jobs = await self._store.list_jobs(owner, status)
-        return [JobView.of(job, len(job.content)) for job in jobs]
+        # Summaries: the lengths, never the content itself, of every job.
+        summaries = await self._store.list_job_summaries(owner, status)
+        return [
+            attrs.evolve(
+                JobView.of(s.job), content_length=s.content_length, offset=s.content_length
+            )
+            for s in summaries
+        ]
 
     def follow(self, owner: Owner, job_id: str, after_seq: int | None = None) -> JobFollower:
         """An async iterator of the job's events: snapshot, deltas after ``after_seq``, status.

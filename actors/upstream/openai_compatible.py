@@ -243,48 +243,52 @@ class OpenAICompatibleUpstream:
         progress: _Progress,
     ) -> StreamResult:
         decoder = SSEDecoder()
-        deadline = trio.current_time() + self._idle_timeout
-        while True:
-            item: _BodyItem | None = None
-            with trio.move_on_at(deadline) as idle:
+        # One scope for the whole body, its deadline pushed on by every event:
+        # a scope per read would cost more than the read.
+        with trio.CancelScope(deadline=trio.current_time() + self._idle_timeout) as idle:
+            while True:
                 try:
-                    item = await receive.receive()
+                    item: _BodyItem | None = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        item = await receive.receive()
+                    except trio.EndOfChannel:
+                        item = None
                 except trio.EndOfChannel:
                     item = None
-            if idle.cancelled_caught:
-                raise UpstreamError(
-                    "idle_timeout",
-                    f"no event from the upstream for {self._idle_timeout:g} s",
-                    retryable=False,
-                )
-            if isinstance(item, httpx.HTTPError):
-                raise _connection_error(item, parser.api_key)
-            sse_items = decoder.finish() if item is None else decoder.feed(item)
-            if sse_items:
-                deadline = trio.current_time() + self._idle_timeout
-            for sse in sse_items:
-                if isinstance(sse, SSEComment):
-                    await on_event(KeepAlive())
-                    continue
-                if sse.data.strip() == "[DONE]":
-                    return parser.result()
-                for delta in parser.parse(sse.data):
-                    progress.delivered = True
-                    await on_event(delta)
-                # Checked after the chunk's own text went out, so that text is not lost.
-                if parser.finish_reason == "error":
+                if isinstance(item, httpx.HTTPError):
+                    raise _connection_error(item, parser.api_key)
+                sse_items = decoder.finish() if item is None else decoder.feed(item)
+                if sse_items:
+                    idle.deadline = trio.current_time() + self._idle_timeout
+                for sse in sse_items:
+                    if isinstance(sse, SSEComment):
+                        await on_event(KeepAlive())
+                        continue
+                    if sse.data.strip() == "[DONE]":
+                        return parser.result()
+                    for delta in parser.parse(sse.data):
+                        progress.delivered = True
+                        await on_event(delta)
+                    # Checked after the chunk's own text went out, so that text is not lost.
+                    if parser.finish_reason == "error":
+                        raise UpstreamError(
+                            "finish_error", "the upstream finished with finish_reason 'error'"
+                        )
+                if item is None:
+                    if parser.finish_reason is not None:
+                        return parser.result()
                     raise UpstreamError(
-                        "finish_error", "the upstream finished with finish_reason 'error'"
+                        "truncated",
+                        "the upstream stream ended before [DONE] and before a finish_reason",
+                        # Nothing was shown yet, so a fresh attempt is as good as the first.
+                        retryable=not progress.delivered,
                     )
-            if item is None:
-                if parser.finish_reason is not None:
-                    return parser.result()
-                raise UpstreamError(
-                    "truncated",
-                    "the upstream stream ended before [DONE] and before a finish_reason",
-                    # Nothing was shown yet, so a fresh attempt is as good as the first.
-                    retryable=not progress.delivered,
-                )
+        raise UpstreamError(
+            "idle_timeout",
+            f"no event from the upstream for {self._idle_timeout:g} s",
+            retryable=False,
+        )
 
 
 class _Progress:

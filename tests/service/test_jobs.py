@@ -103,6 +103,9 @@ async def test_list_jobs_filters_by_status_newest_first(
         everything = await service.list_jobs(ALICE)
         assert [v.id for v in everything] == [running.id, aborted.id, done.id]
         assert all(v.content == "" and v.content_length > 0 for v in everything)
+        for view in everything:
+            whole = await service.get_job(ALICE, view.id)
+            assert whole is not None and view.content_length == len(whole.content)
 
         by_status = {
             status: [v.id for v in await service.list_jobs(ALICE, status)] for status in JobStatus

@@ -20,9 +20,11 @@ __all__ = ["ActorRef", "SupervisorRef"]
 
 
 # A loop of tells that always finds room yields to the scheduler once per
-# this many calls: often enough that no producer starves other tasks, rarely
-# enough that a tell stays a fraction of a memory-channel ``send``.
-_TELLS_PER_YIELD = 64
+# this many calls: often enough that no producer starves other tasks (a yield
+# every few hundred microseconds), rarely enough that receivers still take
+# their messages in batches. Measured: a yield every 64 tells made the fan-out
+# benchmark 4x slower than one every 1,024.
+_TELLS_PER_YIELD = 1024
 _tell_budget = _TELLS_PER_YIELD
 
 
@@ -85,7 +87,7 @@ class ActorRef:
         It checks for cancellation on every call: under a cancelled scope it
         raises :class:`trio.Cancelled` and sends nothing. Once sent, the
         message is not taken back. When there is room it yields to the
-        scheduler once every 64 calls, not on each, so a sender can fill a
+        scheduler once every 1,024 calls, not on each, so a sender can fill a
         mailbox quickly without starving other tasks; use :meth:`tell_nowait`
         for a form that never yields. Raises :class:`ActorStopped` if no actor
         holds the path, including while waiting for room.

@@ -352,21 +352,26 @@ async def _pump_body(
 ) -> None:
     """Copy the response body into ``send``, waiting for room (backpressure).
 
-    With ``read_interval``, two reads are at least that far apart: what the
-    upstream sent meanwhile waits in the socket buffer and comes in one read,
-    so a token costs a fraction of a read, a parse pass and a store append.
+    With ``read_interval``, a piece that had to be waited for is followed by a
+    pause of that long: what the upstream sends meanwhile waits in the socket
+    buffer and comes in one read, so a token costs a fraction of a socket read
+    and of a store append. Pieces already read (httpx hands one HTTP chunk at a
+    time) follow at once, so the pause never caps the rate.
     """
     pieces = response.aiter_bytes()
+    waited_for = read_interval / 20
     with send:
         try:
             while True:
+                asked_at = trio.current_time()
                 try:
                     piece = await pieces.__anext__()
                 except StopAsyncIteration:
                     return
+                waited = trio.current_time() - asked_at > waited_for
                 try:
                     await send.send(piece)
-                    if read_interval:
+                    if read_interval and waited:
                         await trio.sleep(read_interval)
                 except trio.Cancelled:
                     await _unwind_cancelled(pieces)

@@ -18,8 +18,6 @@ a ``shutdown`` event.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import orjson
 import trio
 from starlette.responses import Response
@@ -106,7 +104,7 @@ class JobEventStream(Response):
     async def _pump(self, send: Send) -> None:
         """Read the follower and write what it has, a batch per message; return after
         the ``status`` event, or the ``shutdown`` event, or once the job is gone."""
-        next_batch = _next_batch_of(self._follower)
+        next_batch = self._follower.next_batch
         shutdown = self._shutdown
         while True:
             try:
@@ -173,23 +171,6 @@ class JobEventStream(Response):
                 self._disconnected = True
                 scope.cancel()
                 return
-
-
-def _next_batch_of(follower: JobFollower) -> Callable[[], Awaitable[list[JobEvent]]]:
-    """``follower.next_batch``; a batch of one event where the follower has none yet."""
-    next_batch: Callable[[], Awaitable[list[JobEvent]]] | None = getattr(
-        follower, "next_batch", None
-    )
-    if next_batch is not None:
-        return next_batch
-
-    async def one_event() -> list[JobEvent]:
-        try:
-            return [await follower.__anext__()]
-        except StopAsyncIteration:
-            return []
-
-    return one_event
 
 
 def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:

@@ -18,7 +18,6 @@ from trio.testing import MockClock
 
 from actors.api import DeltaEvent, JobEvent, JobView, SnapshotEvent, StatusEvent
 from actors.http.sse import KEEPALIVE, encode_event
-from actors.jobs.following import JobFollower
 from actors.model import Job, JobStatus, Owner
 from actors.service import Service
 from tests.fake_upstream import FakeUpstream, Script
@@ -180,11 +179,6 @@ async def test_events_that_are_ready_together_go_out_in_one_chunk(
     assert followers[0].closed
 
 
-# Temporary, like the fallback in actors.http.sse: until JobFollower.next_batch lands,
-# a follower hands out one event at a time and each goes in a chunk of its own.
-@pytest.mark.skipif(
-    not hasattr(JobFollower, "next_batch"), reason="JobFollower.next_batch has not landed"
-)
 async def test_a_real_stream_sends_fewer_chunks_than_events(
     open_api_server: OpenApiServer, fake_upstream: FakeUpstream
 ) -> None:

@@ -38,10 +38,12 @@ class ChatRequest:
 
 @attrs.frozen
 class JobView:
-    """A job as its owner sees it, with ``content`` from ``offset`` on (delta polling).
+    """A job as its owner sees it, with ``content`` from ``offset`` on and ``reasoning``
+    from ``reasoning_offset`` on (delta polling).
 
-    ``content_length`` is the length of the whole content, so the next poll
-    asks for ``offset=content_length``.
+    ``content_length`` and ``reasoning_length`` are the lengths of the whole content
+    and reasoning, so the next poll asks for ``offset=content_length`` and
+    ``reasoning_offset=reasoning_length``. Each offset is clamped to its length.
     """
 
     id: str
@@ -60,11 +62,14 @@ class JobView:
     offset: int
     content: str
     content_length: int
+    reasoning_offset: int
     reasoning: str
+    reasoning_length: int
 
     @classmethod
-    def of(cls, job: Job, offset: int = 0) -> JobView:
+    def of(cls, job: Job, offset: int = 0, reasoning_offset: int = 0) -> JobView:
         offset = max(0, min(offset, len(job.content)))
+        reasoning_offset = max(0, min(reasoning_offset, len(job.reasoning)))
         return cls(
             id=job.id,
             thread_id=job.thread_id,
@@ -82,7 +87,25 @@ class JobView:
             offset=offset,
             content=job.content[offset:],
             content_length=len(job.content),
-            reasoning=job.reasoning,
+            reasoning_offset=reasoning_offset,
+            reasoning=job.reasoning[reasoning_offset:],
+            reasoning_length=len(job.reasoning),
+        )
+
+    def with_reasoning_from(self, reasoning_offset: int) -> JobView:
+        """This view with ``reasoning`` from ``reasoning_offset`` on.
+
+        The offset counts from the start of the whole reasoning, and is clamped
+        between this view's own ``reasoning_offset`` (it holds nothing before)
+        and ``reasoning_length``.
+        """
+        start = max(self.reasoning_offset, min(reasoning_offset, self.reasoning_length))
+        if start == self.reasoning_offset:
+            return self
+        return attrs.evolve(
+            self,
+            reasoning_offset=start,
+            reasoning=self.reasoning[start - self.reasoning_offset :],
         )
 
 

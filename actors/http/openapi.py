@@ -225,7 +225,12 @@ _SCHEMAS: dict[str, Any] = {
             "offset": {"type": "integer", "description": "The asked offset, at most the length."},
             "content_delta": {"type": "string", "description": "Content from `offset` on."},
             "content_length": {"type": "integer"},
-            "reasoning": {"type": "string"},
+            "reasoning_offset": {
+                "type": "integer",
+                "description": "The asked reasoning offset, at most the reasoning's length.",
+            },
+            "reasoning": {"type": "string", "description": "Reasoning from `reasoning_offset` on."},
+            "reasoning_length": {"type": "integer"},
         }
     ),
     "Notification": _object(
@@ -360,13 +365,14 @@ _PATHS: dict[str, Any] = {
     },
     "/v1/jobs/{job_id}": {
         "get": {
-            "summary": "Poll a job, with the content from `offset` on",
-            "parameters": [_JOB_ID, _count("offset")],
+            "summary": "Poll a job, with the content from `offset` on and the reasoning "
+            "from `reasoning_offset` on",
+            "parameters": [_JOB_ID, _count("offset"), _count("reasoning_offset")],
             "responses": {
                 "200": _json(_ref("Job"), "The job."),
                 **_AUTH_ERRORS,
                 "404": _error("No such job of yours."),
-                "422": _error("`offset` is not an integer in range."),
+                "422": _error("`offset` or `reasoning_offset` is not an integer in range."),
             },
         }
     },

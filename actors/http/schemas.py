@@ -167,7 +167,8 @@ def _time(value: datetime | None) -> str | None:
 
 
 def job_json(view: JobView) -> dict[str, Any]:
-    """A job for the v1 API; ``content_delta`` is the content from ``offset`` on."""
+    """A job for the v1 API; ``content_delta`` is the content from ``offset`` on, and
+    ``reasoning`` the reasoning from ``reasoning_offset`` on."""
     return {
         "id": view.id,
         "thread_id": view.thread_id,
@@ -185,7 +186,9 @@ def job_json(view: JobView) -> dict[str, Any]:
         "offset": view.offset,
         "content_delta": view.content,
         "content_length": view.content_length,
+        "reasoning_offset": view.reasoning_offset,
         "reasoning": view.reasoning,
+        "reasoning_length": view.reasoning_length,
     }
 
 

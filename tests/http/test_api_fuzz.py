@@ -543,7 +543,12 @@ UNUSUAL_NUMBERS = [
 @pytest.mark.parametrize("raw", UNUSUAL_NUMBERS, ids=lambda raw: repr(raw)[:20])
 @pytest.mark.parametrize(
     "route",
-    ["/v1/jobs/{job}?offset=", "/v1/jobs/{job}/events?after=", "/v1/notifications?limit="],
+    [
+        "/v1/jobs/{job}?offset=",
+        "/v1/jobs/{job}?reasoning_offset=",
+        "/v1/jobs/{job}/events?after=",
+        "/v1/notifications?limit=",
+    ],
 )
 def test_numbers_in_queries_are_digits_in_range(target: FuzzTarget, route: str, raw: str) -> None:
     with target.client() as client:
@@ -567,6 +572,7 @@ def test_last_event_id_is_a_seq(target: FuzzTarget, raw: str) -> None:
     ("route", "ok"),
     [
         ("/v1/jobs/{job}?offset=9223372036854775807", 200),
+        ("/v1/jobs/{job}?reasoning_offset=9223372036854775807", 200),
         ("/v1/jobs/{job}/events?after=9223372036854775807", 200),
         ("/v1/notifications?limit=500", 200),
         ("/v1/notifications?limit=501", 422),
@@ -576,8 +582,10 @@ def test_numbers_at_the_limits(target: FuzzTarget, route: str, ok: int) -> None:
     with target.client() as client:
         response = client.get(route.format(job=target.job_ids[0]))
     assert response.status_code == ok, response.text
-    if ok == 200 and "offset" in route:
+    if ok == 200 and "?offset" in route:
         assert response.json()["content_delta"] == ""
+    if ok == 200 and "reasoning_offset" in route:
+        assert response.json()["reasoning"] == ""
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,14 @@
-"""The v1 jobs API over real HTTP: create, poll with offsets, list, abort, keys and caps."""
+"""The v1 jobs API over real HTTP: create, poll with offsets (content and reasoning), list,
+abort, keys and caps."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import trio
 
+from actors.api import JobView
+from actors.model import Job, JobStatus
 from tests.fake_upstream import FakeUpstream, Script
 from tests.http.conftest import (
     ApiServer,
@@ -31,7 +36,9 @@ JOB_KEYS = {
     "offset",
     "content_delta",
     "content_length",
+    "reasoning_offset",
     "reasoning",
+    "reasoning_length",
 }
 ANSWER = "The quick brown fox jumps over the lazy dog"
 HANG = "hanging-model"
@@ -88,6 +95,72 @@ async def test_get_with_offset_returns_only_the_new_part(
         bad = await client.get(f"/v1/jobs/{job_id}?offset=-1", headers=headers)
         assert bad.status_code == 422
         assert bad.json()["error"]["code"] == "invalid_request"
+
+
+async def test_reasoning_offset_returns_only_the_new_reasoning(
+    open_api_server: OpenApiServer, fake_upstream: FakeUpstream
+) -> None:
+    thought = "Weigh the fox against the dog"
+    script = Script.stream().reasoning("Weigh the fox ").reasoning("against the dog")
+    fake_upstream.script("r", script.content(ANSWER).finish().usage().done())
+    async with open_api_server(**fake_settings(fake_upstream)) as server, server.client() as client:
+        headers = server.auth()
+        created = await client.post("/v1/jobs", json=chat_body(model="r"), headers=headers)
+        job_id = created.json()["id"]
+        done = await wait_for_status(client, job_id, headers)
+        assert done["status"] == "complete"
+        assert (done["reasoning_offset"], done["reasoning"]) == (0, thought)
+        assert done["reasoning_length"] == len(thought)
+
+        for reasoning_offset in (1, 10, len(thought) - 3, len(thought)):
+            part = await client.get(
+                f"/v1/jobs/{job_id}?reasoning_offset={reasoning_offset}", headers=headers
+            )
+            assert part.status_code == 200
+            body = part.json()
+            assert body["reasoning"] == thought[reasoning_offset:]
+            assert body["reasoning_offset"] == reasoning_offset
+            assert body["reasoning_length"] == len(thought)
+            assert (body["offset"], body["content_delta"]) == (0, ANSWER)
+
+        both = (
+            await client.get(f"/v1/jobs/{job_id}?offset=4&reasoning_offset=6", headers=headers)
+        ).json()
+        assert (both["content_delta"], both["reasoning"]) == (ANSWER[4:], thought[6:])
+        beyond = (
+            await client.get(f"/v1/jobs/{job_id}?reasoning_offset=1000", headers=headers)
+        ).json()
+        assert (beyond["reasoning_offset"], beyond["reasoning"]) == (len(thought), "")
+
+        for raw in ("-1", "x", ""):
+            bad = await client.get(f"/v1/jobs/{job_id}?reasoning_offset={raw}", headers=headers)
+            assert bad.status_code == 422
+            assert bad.json()["error"]["code"] == "invalid_request"
+            assert "reasoning_offset" in bad.json()["error"]["message"]
+
+
+def test_a_view_gives_reasoning_only_from_what_it_holds() -> None:
+    job = Job(
+        id="j",
+        user_id="u",
+        workspace_id="w",
+        thread_id="t",
+        message_id="m",
+        model="model",
+        status=JobStatus.COMPLETE,
+        started_at=datetime(2026, 1, 2, tzinfo=UTC),
+        reasoning="0123456789",
+    )
+    view = JobView.of(job, reasoning_offset=4)
+    assert (view.reasoning_offset, view.reasoning, view.reasoning_length) == (4, "456789", 10)
+    assert view.with_reasoning_from(7).reasoning == "789"
+    assert view.with_reasoning_from(7).reasoning_offset == 7
+    # Below what the view holds, or past the end: clamped.
+    assert view.with_reasoning_from(2) is view
+    assert (
+        view.with_reasoning_from(99).reasoning_offset,
+        view.with_reasoning_from(99).reasoning,
+    ) == (10, "")
 
 
 async def test_offsets_while_streaming_add_up_to_the_whole_answer(

@@ -28,9 +28,6 @@ from actors.upstream.events import (
 )
 from actors.upstream.sse import SSEComment, SSEDecoder
 
-# Body pieces read ahead of the parser; past it, reading waits for the parser.
-_BODY_BUFFER = 4
-
 __all__ = ["DEFAULT_BASE_URL", "MAX_RETRY_AFTER", "OpenAICompatibleUpstream"]
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
@@ -42,7 +39,6 @@ _log = structlog.get_logger(__name__)
 
 # What the socket reader hands the stream parser: a piece of the body, or the transport
 # failure that ended it. End of body is the closing of the channel.
-_BodyItem = bytes | httpx.HTTPError
 
 
 class OpenAICompatibleUpstream:
@@ -218,77 +214,67 @@ class OpenAICompatibleUpstream:
         on_event: Callable[[UpstreamEvent], Awaitable[None]],
         progress: _Progress,
     ) -> StreamResult:
-        # The body is read by a separate task, so that a slow on_event holds back
-        # the reads (the channel is small) without ever leaving httpx's iterator
-        # half-consumed: the pump closes it however it ends.
-        send, receive = trio.open_memory_channel[_BodyItem](_BODY_BUFFER)
-        parser = _ChunkParser(generation_id, api_key)
-        outcome: StreamResult | Exception
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump_body, response, send, self._read_interval)
-            try:
-                outcome = await self._parse_body(receive, parser, on_event, progress)
-            except Exception as exc:
-                outcome = exc
-            nursery.cancel_scope.cancel()
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        """Read, parse and hand on the body's events, in this one task.
 
-    async def _parse_body(
-        self,
-        receive: trio.MemoryReceiveChannel[_BodyItem],
-        parser: _ChunkParser,
-        on_event: Callable[[UpstreamEvent], Awaitable[None]],
-        progress: _Progress,
-    ) -> StreamResult:
+        A slow ``on_event`` holds back the reads: nothing is buffered beyond
+        what httpx holds. With ``read_interval``, a piece that had to be waited
+        for is followed by a pause of that long: what the upstream sends
+        meanwhile waits in the socket buffer and comes in one read, so a token
+        costs a fraction of a socket read. Pieces already read (httpx hands one
+        HTTP chunk at a time) follow at once, so the pause never caps the rate.
+        """
+        parser = _ChunkParser(generation_id, api_key)
         decoder = SSEDecoder()
-        # One scope for the whole body, its deadline pushed on by every event:
-        # a scope per read would cost more than the read.
-        with trio.CancelScope(deadline=trio.current_time() + self._idle_timeout) as idle:
-            while True:
-                try:
-                    item: _BodyItem | None = receive.receive_nowait()
-                except trio.WouldBlock:
+        pieces = response.aiter_bytes()
+        read_interval = self._read_interval
+        waited_for = read_interval / 20
+        try:
+            # One scope for the whole body, its deadline pushed on by every
+            # event: a scope per read would cost more than the read.
+            with trio.CancelScope(deadline=trio.current_time() + self._idle_timeout) as idle:
+                while True:
+                    asked_at = trio.current_time()
                     try:
-                        item = await receive.receive()
-                    except trio.EndOfChannel:
-                        item = None
-                except trio.EndOfChannel:
-                    item = None
-                if isinstance(item, httpx.HTTPError):
-                    raise _connection_error(item, parser.api_key)
-                sse_items = decoder.finish() if item is None else decoder.feed(item)
-                if sse_items:
-                    idle.deadline = trio.current_time() + self._idle_timeout
-                for sse in sse_items:
-                    if isinstance(sse, SSEComment):
-                        await on_event(KeepAlive())
-                        continue
-                    if sse.data.strip() == "[DONE]":
-                        return parser.result()
-                    for delta in parser.parse(sse.data):
-                        progress.delivered = True
-                        await on_event(delta)
-                    # Checked after the chunk's own text went out, so that text is not lost.
-                    if parser.finish_reason == "error":
+                        piece: bytes | None = await pieces.__anext__()
+                    except StopAsyncIteration:
+                        piece = None
+                    except httpx.HTTPError as exc:
+                        raise _connection_error(exc, parser.api_key) from None
+                    sse_items = decoder.finish() if piece is None else decoder.feed(piece)
+                    if sse_items:
+                        idle.deadline = trio.current_time() + self._idle_timeout
+                    for sse in sse_items:
+                        if isinstance(sse, SSEComment):
+                            await on_event(KeepAlive())
+                            continue
+                        if sse.data.strip() == "[DONE]":
+                            return parser.result()
+                        for delta in parser.parse(sse.data):
+                            progress.delivered = True
+                            await on_event(delta)
+                        # Checked after the chunk's own text went out, so it is not lost.
+                        if parser.finish_reason == "error":
+                            raise UpstreamError(
+                                "finish_error", "the upstream finished with finish_reason 'error'"
+                            )
+                    if piece is None:
+                        if parser.finish_reason is not None:
+                            return parser.result()
                         raise UpstreamError(
-                            "finish_error", "the upstream finished with finish_reason 'error'"
+                            "truncated",
+                            "the upstream stream ended before [DONE] and before a finish_reason",
+                            # Nothing was shown yet, so a fresh attempt is as good as the first.
+                            retryable=not progress.delivered,
                         )
-                if item is None:
-                    if parser.finish_reason is not None:
-                        return parser.result()
-                    raise UpstreamError(
-                        "truncated",
-                        "the upstream stream ended before [DONE] and before a finish_reason",
-                        # Nothing was shown yet, so a fresh attempt is as good as the first.
-                        retryable=not progress.delivered,
-                    )
-        raise UpstreamError(
-            "idle_timeout",
-            f"no event from the upstream for {self._idle_timeout:g} s",
-            retryable=False,
-        )
+                    if read_interval and trio.current_time() - asked_at > waited_for:
+                        await trio.sleep(read_interval)
+            raise UpstreamError(
+                "idle_timeout",
+                f"no event from the upstream for {self._idle_timeout:g} s",
+                retryable=False,
+            )
+        finally:
+            await _unwind(pieces)
 
 
 class _Progress:
@@ -347,52 +333,21 @@ class _ChunkParser:
         return deltas
 
 
-async def _pump_body(
-    response: httpx.Response, send: trio.MemorySendChannel[_BodyItem], read_interval: float
-) -> None:
-    """Copy the response body into ``send``, waiting for room (backpressure).
+async def _unwind(pieces: AsyncIterator[bytes]) -> None:
+    """End httpx's body iterators from the inside, however the reading stopped.
 
-    With ``read_interval``, a piece that had to be waited for is followed by a
-    pause of that long: what the upstream sends meanwhile waits in the socket
-    buffer and comes in one read, so a token costs a fraction of a socket read
-    and of a store append. Pieces already read (httpx hands one HTTP chunk at a
-    time) follow at once, so the pause never caps the rate.
-    """
-    pieces = response.aiter_bytes()
-    waited_for = read_interval / 20
-    with send:
-        try:
-            while True:
-                asked_at = trio.current_time()
-                try:
-                    piece = await pieces.__anext__()
-                except StopAsyncIteration:
-                    return
-                waited = trio.current_time() - asked_at > waited_for
-                try:
-                    await send.send(piece)
-                    if read_interval and waited:
-                        await trio.sleep(read_interval)
-                except trio.Cancelled:
-                    await _unwind_cancelled(pieces)
-                    raise
-        except httpx.HTTPError as exc:
-            # The iterators ended with the error, so waiting here is safe.
-            await send.send(exc)
-
-
-async def _unwind_cancelled(pieces: AsyncIterator[bytes]) -> None:
-    """Read on under the cancellation until httpx's iterators end.
-
-    Left suspended, httpx's and httpcore's nested async generators would be
-    collected unfinished (a ResourceWarning under trio, as after a ``break``).
-    The next read that waits for the socket raises the pending Cancelled
+    Left suspended (after a return, an exception, or a cancellation outside
+    them), httpx's and httpcore's nested async generators would be collected
+    unfinished: a ResourceWarning under trio, as after a ``break``. Under a
+    cancelled scope, the next read that waits for the socket raises Cancelled
     inside the innermost of them, which ends each one on its way out; reads
     that httpcore can answer from its buffer come first.
     """
-    with contextlib.suppress(trio.Cancelled, StopAsyncIteration, httpx.HTTPError):
-        while True:
-            await pieces.__anext__()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        with contextlib.suppress(trio.Cancelled, StopAsyncIteration, httpx.HTTPError):
+            while True:
+                await pieces.__anext__()
 
 
 def _text(value: object) -> str:

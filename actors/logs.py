@@ -25,9 +25,25 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
+class _ToStructlog(logging.Handler):
+    """Hands stdlib log records (the runtime's) on to structlog, so they come
+    out in the same form and through the same redaction as the service's."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
     """Send structlog output to stderr at ``level``, as JSON lines or, with
-    ``json=False``, as readable console lines."""
+    ``json=False``, as readable console lines; the runtime's stdlib ``logging``
+    records go the same way."""
+    runtime_log = logging.getLogger("runtime")
+    runtime_log.handlers = [_ToStructlog()]
+    runtime_log.propagate = False
+    runtime_log.setLevel(logging.getLevelNamesMapping()[level.upper()])
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import orjson
@@ -15,8 +16,12 @@ from actors.logs import configure_logging
 def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
     """stderr captured; call :func:`configure_logging` in the test itself, where
     ``sys.stderr`` is the capture of the test's own phase."""
+    runtime_log = logging.getLogger("runtime")
+    handlers, propagate, level = runtime_log.handlers, runtime_log.propagate, runtime_log.level
     yield capsys
     structlog.reset_defaults()
+    runtime_log.handlers, runtime_log.propagate = handlers, propagate
+    runtime_log.setLevel(level)
 
 
 def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
@@ -54,3 +59,14 @@ def test_lines_below_the_level_are_dropped(json_logs: pytest.CaptureFixture[str]
     log.info("quiet")
     log.warning("loud")
     assert [line["event"] for line in lines(json_logs)] == ["loud"]
+
+
+def test_the_runtimes_stdlib_records_come_out_as_json_lines_too(
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("info")
+    logging.getLogger("runtime").warning("%r did not stop; cancelled it", "service/x")
+    logging.getLogger("runtime").debug("below the level")
+    [line] = lines(json_logs)
+    assert line["event"] == "'service/x' did not stop; cancelled it"
+    assert line["level"] == "warning"

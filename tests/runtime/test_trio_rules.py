@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -180,6 +181,16 @@ async def test_stopping_itself_through_its_supervisor_raises_at_once(how: str) -
 # -- bounded shutdown ---------------------------------------------------------------
 
 
+@pytest.fixture
+def runtime_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """The ``runtime`` logger's warnings, wherever the service routed it."""
+    runtime_log = logging.getLogger("runtime")
+    runtime_log.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger="runtime")
+    yield caplog
+    runtime_log.removeHandler(caplog.handler)
+
+
 class StuckInOnStop(Actor):
     async def on_stop(self, reason: ExitReason) -> None:
         await trio.sleep_forever()
@@ -191,9 +202,9 @@ class StuckInHandle(Actor):
 
 
 async def test_leaving_open_system_with_actors_stuck_in_on_stop_takes_the_sum_of_their_graces(
-    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    autojump_clock: trio.testing.MockClock, runtime_warnings: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="runtime")
+    caplog = runtime_warnings
     started = trio.current_time()
     async with open_system() as system:
         probe = await Probe.spawn(system)
@@ -215,9 +226,9 @@ async def test_leaving_open_system_with_actors_stuck_in_on_stop_takes_the_sum_of
 
 
 async def test_an_actor_stuck_in_handle_is_killed_after_its_grace_and_named(
-    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    autojump_clock: trio.testing.MockClock, runtime_warnings: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="runtime")
+    caplog = runtime_warnings
     async with open_system() as system:
         probe = await Probe.spawn(system)
         ref = await system.spawn(StuckInHandle, name="stuck", shutdown=1.5)

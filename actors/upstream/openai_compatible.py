@@ -75,7 +75,7 @@ class OpenAICompatibleUpstream:
             raise ValueError("timeouts must be positive")
         if not 0 <= read_interval < idle_timeout:
             raise ValueError("read_interval must be at least 0 and below the idle timeout")
-        self._read_interval = read_interval
+        self._pacer = _Pacer(read_interval) if read_interval else None
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = api_key
         self._idle_timeout = idle_timeout
@@ -218,16 +218,17 @@ class OpenAICompatibleUpstream:
 
         A slow ``on_event`` holds back the reads: nothing is buffered beyond
         what httpx holds. With ``read_interval``, a piece that had to be waited
-        for is followed by a pause of that long: what the upstream sends
-        meanwhile waits in the socket buffer and comes in one read, so a token
-        costs a fraction of a socket read. Pieces already read (httpx hands one
-        HTTP chunk at a time) follow at once, so the pause never caps the rate.
+        for is followed by a pause until the next tick of that period, shared
+        by every stream: what the upstream sends meanwhile waits in the socket
+        buffer and comes in one read, so a token costs a fraction of a socket
+        read. Pieces already read (httpx hands one HTTP chunk at a time) follow
+        at once, so the pause never caps the rate.
         """
         parser = _ChunkParser(generation_id, api_key)
         decoder = SSEDecoder()
         pieces = response.aiter_bytes()
-        read_interval = self._read_interval
-        waited_for = read_interval / 20
+        pacer = self._pacer
+        waited_for = 0.0 if pacer is None else pacer.interval / 20
         try:
             # One scope for the whole body, its deadline pushed on by every
             # event: a scope per read would cost more than the read.
@@ -266,8 +267,8 @@ class OpenAICompatibleUpstream:
                             # Nothing was shown yet, so a fresh attempt is as good as the first.
                             retryable=not progress.delivered,
                         )
-                    if read_interval and trio.current_time() - asked_at > waited_for:
-                        await trio.sleep(read_interval)
+                    if pacer is not None and trio.current_time() - asked_at > waited_for:
+                        await pacer.pause()
             raise UpstreamError(
                 "idle_timeout",
                 f"no event from the upstream for {self._idle_timeout:g} s",
@@ -331,6 +332,34 @@ class _ChunkParser:
             if isinstance(finish_reason, str) and finish_reason:
                 self.finish_reason = finish_reason
         return deltas
+
+
+class _Pacer:
+    """Pauses readers until the next multiple of ``interval`` on trio's clock.
+
+    One sleep a tick serves every reader paused for it: the first to pause
+    sleeps, the others wait on its event. A sleep costs a cancel scope and a
+    deadline; an event wait costs neither. If that first reader is cancelled,
+    the others wake early, which only shortens their pause.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._due = -math.inf
+        self._woken = trio.Event()
+
+    async def pause(self) -> None:
+        """Return at the next tick; a checkpoint."""
+        due = (trio.current_time() // self.interval + 1) * self.interval
+        if due == self._due:
+            await self._woken.wait()
+            return
+        self._due = due
+        woken = self._woken = trio.Event()
+        try:
+            await trio.sleep_until(due)
+        finally:
+            woken.set()
 
 
 async def _unwind(pieces: AsyncIterator[bytes]) -> None:

@@ -10,7 +10,8 @@ Because one actor decides, the caps are exact and a terminal status is final:
 a late completion after an abort finds no running job and changes nothing.
 
 Its handlers never wait on another actor's slow path: stopping a stream (and
-its grace time) and notifying run in tasks of their own.
+its grace time) runs in a task of its own, and the notifier gets one second
+to decide before the retries move to a task.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ __all__ = ["JobRegistry"]
 log = structlog.get_logger("troupe.registry")
 
 _NOTIFY_ATTEMPTS = 3
+# How long a handler waits for the notifier before handing the retries to a task.
+_NOTIFY_WAIT = 1.0
 
 
 @attrs.frozen
@@ -334,7 +337,7 @@ class JobRegistry(Actor):
         usage: Usage | None = None,
         generation_id: str | None = None,
     ) -> None:
-        """Record a terminal status, end the log, and have the notifier decide (in a task).
+        """Record a terminal status, have the notifier decide, and end the log.
 
         The stored job ends with every delta its log received by then; the log
         closes at the stored seq, so no follower ever sees a delta the store
@@ -357,17 +360,30 @@ class JobRegistry(Actor):
         pending = running.log.take_pending()
         if pending:
             await self._store.append_deltas(job.id, pending)
+        watched = running.log.watchers > 0
+        if status in (JobStatus.COMPLETE, JobStatus.ERROR):
+            # Before the status is stored: whoever sees the job ended finds its
+            # notification too.
+            await self._notify_soon(job, watched)
         await self._store.update_job(job)
         stored = await self._store.get_job(job.id)
         last_seq = stored.last_seq if stored is not None else running.log.persisted_seq
         self._deps.metrics.jobs_finished.labels(status.value).inc()
         self._deps.metrics.jobs_running.set(len(self._running))
-        watched = running.log.watchers > 0
         running.log.close(StatusEvent(status, error, finish_reason, usage, last_seq))
         log.info("job finished", job_id=job.id, status=status.value, watched=watched)
-        if status in (JobStatus.COMPLETE, JobStatus.ERROR):
-            final = stored if stored is not None else job
-            self.context.start_task(self._notify, final, watched)
+
+    async def _notify_soon(self, job: Job, watched: bool) -> None:
+        """Have the notifier decide now, waiting at most ``_NOTIFY_WAIT`` seconds;
+        if it cannot answer by then, go on trying in a task of this actor."""
+        notifier = self.context.system.lookup(NOTIFIER)
+        if notifier is not None:
+            try:
+                await notifier.ask(JobFinished(job, watched), timeout=_NOTIFY_WAIT)
+                return
+            except (ActorCrashed, AskTimeout, ActorStopped) as failure:
+                log.warning("notifier did not answer; retrying", job_id=job.id, error=str(failure))
+        self.context.start_task(self._notify, job, watched)
 
     async def _notify(self, job: Job, watched: bool) -> None:
         notifier = self.context.system.lookup(NOTIFIER)

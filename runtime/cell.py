@@ -120,6 +120,8 @@ class Cell(abc.ABC):
         # How the latest run ended; once finished, the exit the watchers saw.
         self.last_exit: Exit | None = None
         self.run_task: trio.lowlevel.Task | None = None
+        # True when the latest run ended before it was up (its on_start raised).
+        self.start_failed = False
         self._watchers: dict[ActorRef, ActorRef] = {}
         self._stop_reason: ExitReason | None = None
         self._stop_deadline = math.inf

@@ -25,7 +25,7 @@ from actors.dependencies import STREAMS, ServiceDependencies
 from actors.jobs.log import JobLog
 from actors.messages import GetLog, TrackLog
 from actors.model import Delta
-from runtime import Actor, ActorStopped, AskTimeout, SupervisorRef
+from runtime import Actor, ActorStopped, AskTimeout, ExitReason, SupervisorRef
 
 __all__ = ["Persister"]
 
@@ -45,7 +45,7 @@ class Persister(Actor):
             await self._recover_logs()
         self.context.start_task(self._tick)
 
-    async def on_stop(self, reason: Any) -> None:
+    async def on_stop(self, reason: ExitReason) -> None:
         # What the streams appended last is stored before the service goes.
         await self._flush()
 

@@ -106,12 +106,12 @@ class JobRegistry(Actor):
                     job_log = await stream.ask(GetLog(), timeout=5.0)
                 except (ActorStopped, AskTimeout, ActorCrashed):
                     job_log = None
-            if job_log is None:
+            if stream is not None and job_log is not None:
+                self._running[job.id] = _Running(job, job_log, stream)
+                self.context.watch(stream)
+            else:
                 running = self._running[job.id] = _Running(job, self._new_log(job))
                 orphans.append(running)
-            else:
-                self._running[job.id] = _Running(job, job_log, stream)
-                self.context.watch(stream)  # type: ignore[arg-type]
         if self.context.restarts == 0:
             # A previous process left these running: their streams are gone.
             for running in orphans:

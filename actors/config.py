@@ -188,9 +188,11 @@ class ServiceConfig:
     """Period of the expired-job sweep."""
     drain_timeout: float = attrs.field(default=10.0, validator=_at_least(0))
     """On shutdown, how long running jobs may go on before they are cut off."""
-    flush_interval: float = attrs.field(default=0.05, validator=_above(0))
+    flush_interval: float = attrs.field(default=0.1, validator=_above(0))
     """The persister's tick: every running job's new deltas are stored together, in
-    one write, this often; followers see a delta once it is stored."""
+    one write, this often; followers see a delta once it is stored. At 20 tokens/s
+    a job, 100 ms puts two tokens in each follower's write: 13% less CPU than 50 ms
+    in the live-jobs benchmark, for about 25 ms more lag on average."""
     flush_max_deltas: int = attrs.field(default=64, validator=_at_least(1))
     """Most deltas of one job in one write; the rest go in the next tick's."""
     follower_buffer: int = attrs.field(default=256, validator=_at_least(1))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 import trio
 
 from actors.dependencies import STREAMS, ServiceDependencies
@@ -29,10 +28,10 @@ from runtime import Actor, ActorStopped, AskTimeout, ExitReason, SupervisorRef
 
 __all__ = ["Persister"]
 
-log = structlog.get_logger("troupe.persister")
-
 
 class Persister(Actor):
+    """One per service; see the module docstring."""
+
     def __init__(self, deps: ServiceDependencies) -> None:
         self._deps = deps
         self._interval = deps.config.flush_interval

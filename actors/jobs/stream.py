@@ -53,7 +53,8 @@ class StreamActor(Actor):
         self._request = request
         self._registry = registry
         self._generation_id: str | None = None
-        self._requested_at = 0.0
+        # When the upstream call began, until its first token came.
+        self._requested_at: float | None = None
 
     async def on_start(self) -> None:
         self.context.start_task(self._stream)
@@ -103,10 +104,11 @@ class StreamActor(Actor):
     async def _on_event(self, event: UpstreamEvent) -> None:
         if isinstance(event, TextDelta):
             if event.content or event.reasoning:
-                if self._log.appended_seq == self._log.persisted_seq == 0:
+                if self._requested_at is not None:
                     self._deps.metrics.upstream_first_token.observe(
                         trio.current_time() - self._requested_at
                     )
+                    self._requested_at = None  # the first token is counted once
                 try:
                     self._log.append_nowait(event.content, event.reasoning)
                 except trio.ClosedResourceError:

@@ -40,10 +40,10 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.retention == 3600.0
     assert config.sweep_interval == 60.0
     assert config.drain_timeout == 10.0
-    assert config.flush_interval == 0.1
+    assert config.flush_interval == 0.05
     assert config.flush_max_deltas == 64
     assert config.follower_buffer == 256
-    assert config.upstream_read_interval == 0.05
+    assert config.upstream_read_interval == 0.1
     assert config.host == "127.0.0.1"
     assert config.port == 8000
     assert config.jwt_secret is None

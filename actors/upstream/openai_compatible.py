@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import itertools
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -229,6 +230,7 @@ class OpenAICompatibleUpstream:
         pieces = response.aiter_bytes()
         pacer = self._pacer
         waited_for = 0.0 if pacer is None else pacer.interval / 20
+        slot = 0 if pacer is None else pacer.slot()
         try:
             # One scope for the whole body, its deadline pushed on by every
             # event: a scope per read would cost more than the read.
@@ -268,7 +270,7 @@ class OpenAICompatibleUpstream:
                             retryable=not progress.delivered,
                         )
                     if pacer is not None and trio.current_time() - asked_at > waited_for:
-                        await pacer.pause()
+                        await pacer.pause(slot)
             raise UpstreamError(
                 "idle_timeout",
                 f"no event from the upstream for {self._idle_timeout:g} s",
@@ -335,27 +337,37 @@ class _ChunkParser:
 
 
 class _Pacer:
-    """Pauses readers until the next multiple of ``interval`` on trio's clock.
+    """Pauses readers until their next tick: a multiple of ``interval`` on trio's
+    clock, shifted by their slot's share of it.
 
-    One sleep a tick serves every reader paused for it: the first to pause
-    sleeps, the others wait on its event. A sleep costs a cancel scope and a
-    deadline; an event wait costs neither. If that first reader is cancelled,
-    the others wake early, which only shortens their pause.
+    Readers are dealt round the ``slots`` in turn, so their wake-ups, and the
+    work each brings, spread over the interval instead of coming at once. One
+    sleep a tick serves every reader of a slot: the first to pause sleeps, the
+    others wait on its event (a sleep costs a cancel scope and a deadline; an
+    event wait costs neither). If that first reader is cancelled, the others
+    wake early, which only shortens their pause.
     """
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, slots: int = 4) -> None:
         self.interval = interval
-        self._due = -math.inf
-        self._woken = trio.Event()
+        self._offsets = [interval * i / slots for i in range(slots)]
+        self._due = [-math.inf] * slots
+        self._woken = [trio.Event() for _ in range(slots)]
+        self._dealt = itertools.count()
 
-    async def pause(self) -> None:
-        """Return at the next tick; a checkpoint."""
-        due = (trio.current_time() // self.interval + 1) * self.interval
-        if due == self._due:
-            await self._woken.wait()
+    def slot(self) -> int:
+        """The slot for a new reader."""
+        return next(self._dealt) % len(self._offsets)
+
+    async def pause(self, slot: int) -> None:
+        """Return at the slot's next tick; a checkpoint."""
+        offset = self._offsets[slot]
+        due = ((trio.current_time() - offset) // self.interval + 1) * self.interval + offset
+        if due == self._due[slot]:
+            await self._woken[slot].wait()
             return
-        self._due = due
-        woken = self._woken = trio.Event()
+        self._due[slot] = due
+        woken = self._woken[slot] = trio.Event()
         try:
             await trio.sleep_until(due)
         finally:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from actors.model import Usage
 from actors.upstream import (
@@ -21,6 +22,7 @@ from actors.upstream import (
     UpstreamEvent,
     UpstreamRequest,
 )
+from actors.upstream.openai_compatible import _Pacer
 from tests.fake_upstream import FakeUpstream, Script
 
 KEY = "sk-or-server-key-123"
@@ -424,3 +426,41 @@ async def test_is_an_upstream_and_keeps_the_key_out_of_its_repr() -> None:
         assert KEY not in repr(upstream)
     finally:
         await upstream.aclose()
+
+
+async def test_paced_readers_wake_at_their_phase_of_the_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = _Pacer(0.1, slots=4)
+    assert [pacer.slot() for _ in range(5)] == [0, 1, 2, 3, 0]
+    start = (trio.current_time() // 0.1 + 1) * 0.1  # a multiple of the period, ahead
+    await trio.sleep_until(start)
+    woke: list[tuple[int, float]] = []
+
+    async def reader(slot: int) -> None:
+        await pacer.pause(slot)
+        woke.append((slot, round(trio.current_time() - start, 9)))
+
+    async with trio.open_nursery() as nursery:
+        for slot in (3, 1, 0, 2, 1):
+            nursery.start_soon(reader, slot)
+    # Each slot wakes at its own phase of the period; two readers of one slot at once.
+    assert sorted(woke) == [(0, 0.1), (1, 0.025), (1, 0.025), (2, 0.05), (3, 0.075)]
+
+
+async def test_pausing_between_reads_never_caps_the_token_rate(fake: FakeUpstream) -> None:
+    """Pieces already read come at once: a 100 ms pause does not hold a stream of 100
+    tokens a second to ten."""
+    text = "".join(f"t{i} " for i in range(60))
+    fake.script("m", Script.text(text, chunk_size=1, delay=0.01))
+    async with OpenAICompatibleUpstream(
+        fake.base_url, api_key=KEY, idle_timeout=5.0, read_interval=0.1
+    ) as paced:
+        recorder = Recorder()
+        started = trio.current_time()
+        await paced.stream(UpstreamRequest("m", MESSAGES), recorder)
+        took = trio.current_time() - started
+    assert recorder.content == text
+    assert len(recorder.deltas) == 60
+    # Sent over about 0.6 s; at one piece per pause it would take at least 6 s.
+    assert took < 3.0

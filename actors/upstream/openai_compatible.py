@@ -219,9 +219,9 @@ class OpenAICompatibleUpstream:
 
         A slow ``on_event`` holds back the reads: nothing is buffered beyond
         what httpx holds. With ``read_interval``, a piece that had to be waited
-        for is followed by a pause until the next tick of that period, shared
-        by every stream: what the upstream sends meanwhile waits in the socket
-        buffer and comes in one read, so a token costs a fraction of a socket
+        for is followed by a pause until this stream's next tick of that period
+        (see :class:`_Pacer`): what the upstream sends meanwhile waits in the
+        socket buffer and comes in one read, so a token costs a fraction of a socket
         read. Pieces already read (httpx hands one HTTP chunk at a time) follow
         at once, so the pause never caps the rate.
         """

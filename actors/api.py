@@ -92,22 +92,6 @@ class JobView:
             reasoning_length=len(job.reasoning),
         )
 
-    def with_reasoning_from(self, reasoning_offset: int) -> JobView:
-        """This view with ``reasoning`` from ``reasoning_offset`` on.
-
-        The offset counts from the start of the whole reasoning, and is clamped
-        between this view's own ``reasoning_offset`` (it holds nothing before)
-        and ``reasoning_length``.
-        """
-        start = max(self.reasoning_offset, min(reasoning_offset, self.reasoning_length))
-        if start == self.reasoning_offset:
-            return self
-        return attrs.evolve(
-            self,
-            reasoning_offset=start,
-            reasoning=self.reasoning[start - self.reasoning_offset :],
-        )
-
 
 @attrs.frozen
 class SnapshotEvent:

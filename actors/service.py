@@ -146,8 +146,11 @@ class Service:
             raise reply
         return reply
 
-    async def get_job(self, owner: Owner, job_id: str, offset: int = 0) -> JobView | None:
-        """The job with its content from ``offset`` on, or None if it is not the owner's.
+    async def get_job(
+        self, owner: Owner, job_id: str, offset: int = 0, reasoning_offset: int = 0
+    ) -> JobView | None:
+        """The job with its content from ``offset`` on and its reasoning from
+        ``reasoning_offset`` on, or None if it is not the owner's.
 
         Read straight from the store, never queued behind the actors: a running
         job shows what is stored of it, which is all any follower has seen.
@@ -155,7 +158,7 @@ class Service:
         job = await self._store.get_job(job_id)
         if job is None or job.owner != owner:
             return None
-        return JobView.of(job, offset)
+        return JobView.of(job, offset, reasoning_offset)
 
     async def abort_job(self, owner: Owner, job_id: str) -> bool:
         """Abort a running job; closes the upstream response. Idempotent.
@@ -172,7 +175,11 @@ class Service:
         summaries = await self._store.list_job_summaries(owner, status)
         return [
             attrs.evolve(
-                JobView.of(s.job), content_length=s.content_length, offset=s.content_length
+                JobView.of(s.job),
+                offset=s.content_length,
+                content_length=s.content_length,
+                reasoning_offset=s.reasoning_length,
+                reasoning_length=s.reasoning_length,
             )
             for s in summaries
         ]

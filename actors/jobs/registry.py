@@ -312,20 +312,22 @@ class JobRegistry(Actor):
     def _stop_stream_soon(self, running: _Running) -> None:
         """Stop the job's stream in a task: that cancels the upstream call, which
         closes the HTTP response; its grace time is not this handler's to wait."""
-        stream, running.stream = running.stream, None
-        if stream is not None:
-            self.context.unwatch(stream)
+        if self._release_stream(running) is not None:
             self.context.start_task(self._stop_stream, running.job.id)
 
     async def _stop_stream(self, job_id: str) -> None:
         with contextlib.suppress(ActorStopped, ServerBusy):
             await self._streams().stop_child(job_id)
 
-    def _release_stream(self, running: _Running) -> None:
-        """The stream reported its outcome and stops by itself: let it go."""
-        if running.stream is not None:
-            self.context.unwatch(running.stream)
-            running.stream = None
+    def _release_stream(self, running: _Running) -> ActorRef | None:
+        """Stop watching the job's stream and forget it; return it, if there was one.
+
+        On its own, for a stream that reported its outcome and stops by itself.
+        """
+        stream, running.stream = running.stream, None
+        if stream is not None:
+            self.context.unwatch(stream)
+        return stream
 
     async def _finish(
         self,
@@ -376,27 +378,26 @@ class JobRegistry(Actor):
     async def _notify_soon(self, job: Job, watched: bool) -> None:
         """Have the notifier decide now, waiting at most ``_NOTIFY_WAIT`` seconds;
         if it cannot answer by then, go on trying in a task of this actor."""
-        notifier = self.context.system.lookup(NOTIFIER)
-        if notifier is not None:
-            try:
-                await notifier.ask(JobFinished(job, watched), timeout=_NOTIFY_WAIT)
-                return
-            except (ActorCrashed, AskTimeout, ActorStopped) as failure:
-                log.warning("notifier did not answer; retrying", job_id=job.id, error=str(failure))
-        self.context.start_task(self._notify, job, watched)
+        if not await self._ask_notifier(job, watched, _NOTIFY_WAIT):
+            self.context.start_task(self._notify, job, watched)
 
     async def _notify(self, job: Job, watched: bool) -> None:
-        notifier = self.context.system.lookup(NOTIFIER)
         # The notifier stores at most one notification per job, so a retry
         # after its crash cannot notify twice.
         for _attempt in range(_NOTIFY_ATTEMPTS):
-            if notifier is None:
-                break
-            try:
-                await notifier.ask(JobFinished(job, watched), timeout=30.0)
+            if await self._ask_notifier(job, watched, 30.0):
                 return
-            except (ActorCrashed, AskTimeout) as failure:
-                log.warning("notifier failed", job_id=job.id, error=str(failure))
-            except ActorStopped:
-                break
         log.error("job finished without a notification", job_id=job.id)
+
+    async def _ask_notifier(self, job: Job, watched: bool, timeout: float) -> bool:
+        """Tell the notifier the job ended; True once it answered, False if it
+        crashed on it, did not answer within ``timeout``, or is not running."""
+        notifier = self.context.system.lookup(NOTIFIER)
+        if notifier is None:
+            return False
+        try:
+            await notifier.ask(JobFinished(job, watched), timeout=timeout)
+        except (ActorCrashed, AskTimeout, ActorStopped) as failure:
+            log.warning("notifier did not answer", job_id=job.id, error=str(failure))
+            return False
+        return True

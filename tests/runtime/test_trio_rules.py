@@ -14,6 +14,7 @@ import trio.testing
 
 from runtime import (
     Actor,
+    ActorCrashed,
     ChildSpec,
     ExitReason,
     StartFailed,
@@ -170,7 +171,7 @@ async def test_stopping_itself_through_its_supervisor_raises_at_once(how: str) -
             SupervisorSpec(children=[ChildSpec("me", StopsItself)]), name="sup"
         )
         me = ref_at(system, "sup/me")
-        with trio.fail_after(5), pytest.raises(Exception) as caught:
+        with trio.fail_after(5), pytest.raises(ActorCrashed) as caught:
             await me.ask(how)
         assert isinstance(caught.value.__cause__, RuntimeError)
         assert "use self.context.stop() instead" in str(caught.value.__cause__)

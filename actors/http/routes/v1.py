@@ -104,11 +104,9 @@ async def get_job(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     offset = _int_param(request, "offset", 0)
     reasoning_offset = _int_param(request, "reasoning_offset", 0)
-    view = await dependencies(request).service.get_job(who.owner, job_id, offset)
+    view = await dependencies(request).service.get_job(who.owner, job_id, offset, reasoning_offset)
     if view is None:
         raise JobNotFound(job_id)
-    if reasoning_offset:
-        view = view.with_reasoning_from(reasoning_offset)
     return JSONResponse(job_json(view))
 
 

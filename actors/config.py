@@ -12,8 +12,10 @@ An environment variable set to the empty string counts as unset, so a blank entr
 deployment template does not override the file.
 
 The upstream is chosen like this: ``upstream`` set in the file or the environment always
-wins; otherwise a configured API key (from any layer) selects ``"openai"``, and without a
-key the service runs the ``"simulated"`` model.
+wins; otherwise a configured API key or ``upstream_base_url`` (from any layer) selects
+``"openai"``, and with neither the service runs the ``"simulated"`` model and says so
+when it starts. With ``"openai"`` and no server key, each request must bring its user's
+own key.
 
 Every problem is a :class:`ConfigError` whose message names the setting as the user wrote it
 (the TOML key or the environment variable) and the bad value. Secrets (the upstream API key
@@ -22,6 +24,9 @@ and the JWT secret) never appear in a message, a repr or ``str()`` of the config
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -38,6 +43,9 @@ from actors.codec import WrongType
 __all__ = [
     "ENV_PREFIX",
     "ConfigError",
+    "HMAC_ALGORITHMS",
+    "PUBLIC_KEY_ALGORITHMS",
+    "AuthMode",
     "LogLevel",
     "ServiceConfig",
     "StoreName",
@@ -54,6 +62,14 @@ OPENROUTER_KEY_VAR: Final = "OPENROUTER_API_KEY"
 StoreName = Literal["memory", "sqlite"]
 UpstreamName = Literal["simulated", "openai"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+AuthMode = Literal["jwt", "trusted_headers"]
+
+HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
+"""JWT algorithms keyed by a shared secret (``jwt_secret``)."""
+PUBLIC_KEY_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+"""JWT algorithms keyed by a public key (``jwt_public_key`` or ``jwt_jwks_url``)."""
 
 _SECRET: Final = "secret"
 
@@ -130,6 +146,53 @@ def _http_url(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> No
         raise _InvalidValue(attribute.name, f"must be an http:// or https:// URL (got {value!r})")
 
 
+def _optional(validator: _Validator) -> _Validator:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            validator(instance, attribute, value)
+
+    return check
+
+
+def _header_name(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    # RFC 9110's token characters: what an HTTP field name may be made of.
+    allowed = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    if not value or not set(value) <= allowed:
+        raise _InvalidValue(attribute.name, f"must be an HTTP header name (got {value!r})")
+
+
+def _networks(_instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise _InvalidValue(
+                attribute.name, f"must be IP addresses or CIDR networks (got {item!r})"
+            ) from None
+
+
+def _algorithms(_instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    known = HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS
+    for name in value:
+        if name not in known:
+            listed = ", ".join(sorted(known))
+            raise _InvalidValue(attribute.name, f"{name!r} is not one of {listed}")
+
+
+def _webhook_secret(_instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    # Standard Webhooks: "whsec_" and the base64 of 24 to 64 random bytes. Never echoed.
+    if value is None:
+        return
+    if not value.startswith("whsec_"):
+        raise _InvalidValue(attribute.name, "must start with 'whsec_'")
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise _InvalidValue(attribute.name, "must be 'whsec_' followed by base64") from None
+    if not 24 <= len(key) <= 64:
+        raise _InvalidValue(attribute.name, "must hold 24 to 64 bytes of key")
+
+
 def _secret_not_blank(_instance: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
     # The value is a secret: say what is wrong without ever echoing it.
     if value is not None and not value.strip():
@@ -170,16 +233,28 @@ class ServiceConfig:
     """Base URL of the OpenAI-compatible API; ``/chat/completions`` is appended to it."""
     upstream_api_key: str | None = _secret_field()
     """The server's key for the upstream, sent as a Bearer token. Never shown."""
-    allow_user_api_keys: bool = False
-    """Whether a request may bring its own upstream API key."""
+    allow_user_api_keys: bool = True
+    """Whether a request's own upstream key (the seed route's non-JWT Bearer value, or
+    ``X-Upstream-Api-Key``) is used when the server has a key of its own. Without a
+    server key a user's key is always used. A user's key is never logged or stored."""
+    upstream_referer: str | None = attrs.field(default=None, validator=_optional(_not_blank))
+    """OpenRouter attribution: sent upstream as ``HTTP-Referer`` when set."""
+    upstream_title: str | None = attrs.field(default=None, validator=_optional(_not_blank))
+    """OpenRouter attribution: sent upstream as ``X-Title`` when set."""
     simulated_tokens_per_second: float = attrs.field(default=20.0, validator=_above(0))
     """Pace of the simulated model."""
     upstream_idle_timeout: float = attrs.field(default=60.0, validator=_above(0))
     """Longest silence tolerated from the upstream before the job fails."""
     max_concurrent_jobs: int = attrs.field(default=20, validator=_at_least(1))
-    """Cap on streaming jobs across all users; beyond it new jobs are refused."""
+    """Cap on background jobs streaming across all users; beyond it new ones are refused."""
     max_jobs_per_user: int = attrs.field(default=5, validator=_at_least(1))
-    """Cap on streaming jobs of one user."""
+    """Cap on background jobs streaming for one user."""
+    max_foreground_streams: int = attrs.field(default=50, validator=_at_least(1))
+    """Cap on foreground (pass-through) streams across all users; they do not count
+    against the background caps, nor those against this one."""
+    watch_window: float = attrs.field(default=3.0, validator=_at_least(0))
+    """A status poll of a job counts as watching it for this long: a job that ends
+    while its owner polls it (or follows it live) notifies nobody."""
     job_timeout: float = attrs.field(default=300.0, validator=_above(0))
     """A job still streaming after this long is aborted upstream and fails."""
     retention: float = attrs.field(default=3600.0, validator=_above(0))
@@ -205,13 +280,91 @@ class ServiceConfig:
     """Address the HTTP server binds."""
     port: int = attrs.field(default=8000, validator=_between(0, 65535))
     """Port the HTTP server binds; 0 lets the OS choose."""
+    auth_mode: AuthMode = attrs.field(default="jwt", validator=_one_of(AuthMode))
+    """``"jwt"``: the caller is the subject of a verified JWT (``Authorization: Bearer``
+    or the ``jwt_cookie``). ``"trusted_headers"``: the caller is named by headers that
+    a gateway in ``trusted_proxies`` set after authenticating it."""
     jwt_secret: str | None = _secret_field(_strong_key)
-    """Key that signs and checks session tokens; ``None`` leaves it to the server to
-    generate one and keep it in ``data_dir``. Never shown."""
+    """HMAC key that signs and checks session tokens. When neither it, ``jwt_public_key``
+    nor ``jwt_jwks_url`` is set, the server generates one and keeps it in ``data_dir``.
+    Never shown."""
+    jwt_public_key: str | None = attrs.field(default=None, validator=_optional(_not_blank))
+    """A PEM public key (RSA, EC or Ed25519) that checks tokens signed by an auth provider."""
+    jwt_jwks_url: str | None = attrs.field(default=None, validator=_optional(_http_url))
+    """The auth provider's JWKS URL; keys are cached and fetched again for an unknown ``kid``."""
+    jwt_algorithms: tuple[str, ...] = attrs.field(default=(), validator=_algorithms)
+    """The algorithms a token may be signed with; never taken from the token. Empty means
+    ``HS256`` with ``jwt_secret`` and ``RS256, ES256`` with a public key or JWKS. In the
+    environment, a comma-separated list."""
+    jwt_issuer: str | None = attrs.field(default=None, validator=_optional(_not_blank))
+    """When set, a token's ``iss`` must equal it."""
+    jwt_audience: str | None = attrs.field(default=None, validator=_optional(_not_blank))
+    """When set, a token's ``aud`` must contain it."""
+    jwt_leeway: float = attrs.field(default=30.0, validator=_between(0, 300))
+    """Clock skew tolerated on ``exp``, ``nbf`` and ``iat``, in seconds."""
+    jwt_cookie: str | None = attrs.field(default=None, validator=_optional(_header_name))
+    """A cookie a token is read from when ``Authorization`` carries no JWT (``__session``
+    for the seed app's auth provider)."""
+    user_claim: str = attrs.field(default="sub", validator=_not_blank)
+    """The claim that names the user."""
+    workspace_claim: str = attrs.field(default="workspace", validator=_not_blank)
+    """The claim that names the workspace (``org_id`` for an auth provider's organisation);
+    without it in a token, the workspace is the user's own (the user id)."""
+    trusted_user_header: str = attrs.field(default="x-user-id", validator=_header_name)
+    """In ``trusted_headers`` mode, the header naming the user."""
+    trusted_workspace_header: str = attrs.field(default="x-workspace-id", validator=_header_name)
+    """In ``trusted_headers`` mode, the header naming the workspace (else the user's own)."""
+    trusted_proxies: tuple[str, ...] = attrs.field(
+        default=("127.0.0.1/32", "::1/128"), validator=_networks
+    )
+    """Addresses (CIDRs) whose identity headers are honoured; any other caller gets 401."""
     max_body_bytes: int = attrs.field(default=1_048_576, validator=_at_least(1))
-    """Largest accepted HTTP request body."""
+    """Largest accepted HTTP request body, except on the chat routes."""
+    max_chat_body_bytes: int = attrs.field(default=26_214_400, validator=_at_least(1))
+    """Largest accepted body on the chat routes (``POST /v1/jobs``, the seed's stream
+    route), which carry attachments as data URLs: 25 MiB by default."""
+    webhook_url: str | None = attrs.field(default=None, validator=_optional(_http_url))
+    """Where every notification and terminal job status is POSTed (Standard Webhooks)."""
+    webhook_secret: str | None = _secret_field(_webhook_secret)
+    """The ``whsec_...`` key webhooks are signed with; required with ``webhook_url``."""
+    webhook_timeout: float = attrs.field(default=10.0, validator=_above(0))
+    """How long one webhook delivery may take before it counts as failed."""
+    webhook_retry_initial: float = attrs.field(default=5.0, validator=_above(0))
+    """First delay before a failed webhook is tried again; it doubles, with jitter."""
+    webhook_retry_max: float = attrs.field(default=3600.0, validator=_above(0))
+    """Longest delay between two tries of one webhook."""
+    webhook_max_age: float = attrs.field(default=86_400.0, validator=_above(0))
+    """How long a webhook is retried before it is given up (24 h)."""
     log_level: LogLevel = attrs.field(default="info", validator=_one_of(LogLevel))
     """Lowest level of log lines written."""
+
+    def __attrs_post_init__(self) -> None:
+        # Settings that only make sense together.
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise _InvalidValue("webhook_secret", "must be set when webhook_url is set")
+        if self.jwt_public_key is not None and self.jwt_jwks_url is not None:
+            raise _InvalidValue("jwt_jwks_url", "set jwt_public_key or jwt_jwks_url, not both")
+        public = self.jwt_public_key is not None or self.jwt_jwks_url is not None
+        chosen = set(self.jwt_algorithms)
+        if public and chosen & HMAC_ALGORITHMS:
+            # HS/RS confusion: a public key must never be usable as an HMAC secret.
+            raise _InvalidValue(
+                "jwt_algorithms", "HMAC algorithms cannot be used with a public key or JWKS"
+            )
+        if not public and chosen & PUBLIC_KEY_ALGORITHMS:
+            raise _InvalidValue(
+                "jwt_algorithms", "public-key algorithms need jwt_public_key or jwt_jwks_url"
+            )
+
+    @property
+    def token_algorithms(self) -> tuple[str, ...]:
+        """The algorithms tokens are checked with: ``jwt_algorithms``, or the default for
+        the configured key."""
+        if self.jwt_algorithms:
+            return self.jwt_algorithms
+        if self.jwt_public_key is not None or self.jwt_jwks_url is not None:
+            return ("RS256", "ES256")
+        return ("HS256",)
 
     def with_overrides(self, **changes: Any) -> ServiceConfig:
         """Return a copy with ``changes`` applied, type-checked and validated like a file.
@@ -257,7 +410,11 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
             values["upstream_api_key"] = fallback
             labels["upstream_api_key"] = OPENROUTER_KEY_VAR
 
-    if "upstream" not in values and values.get("upstream_api_key") is not None:
+    # A key or an upstream address means a real upstream; only with neither does the
+    # service run the simulated model (and says so when it starts).
+    if "upstream" not in values and (
+        values.get("upstream_api_key") is not None or "upstream_base_url" in values
+    ):
         values["upstream"] = "openai"
 
     return _build(values, labels=labels, source=None if path is None else str(path))
@@ -317,6 +474,8 @@ def _parse_env_text(var: str, text: str, field_type: Any) -> Any:
             raise ConfigError(f"{var}: not a number: {text!r}", setting=var) from None
     if _is_literal(field_type):
         return stripped.lower()
+    if field_type == tuple[str, ...]:
+        return tuple(item.strip() for item in text.split(",") if item.strip())
     # Strings (secrets included) are taken verbatim: whitespace may be part of a key.
     return text
 

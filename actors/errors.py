@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 __all__ = [
+    "ForegroundBusy",
     "JobNotFound",
+    "MissingApiKey",
     "ServerBusy",
     "ServiceError",
     "TooManyJobs",
@@ -17,6 +19,14 @@ class ServiceError(Exception):
 
 class ServerBusy(ServiceError):
     """The global cap on running jobs is reached, or the service is shutting down."""
+
+
+class ForegroundBusy(ServerBusy):
+    """The cap on foreground (pass-through) streams is reached."""
+
+
+class MissingApiKey(ServiceError):
+    """The upstream is real, the server has no key of its own, and the request brought none."""
 
 
 class TooManyJobs(ServiceError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -64,7 +65,10 @@ class Job:
 
     ``content`` and ``reasoning`` are the concatenation of every delta stored so
     far, and ``last_seq`` is the ``seq`` of the newest of them (0 before the
-    first). ``chunks_received`` counts the upstream deltas.
+    first). ``chunks_received`` counts the upstream deltas. ``tool_calls`` (whole
+    calls, their streamed fragments merged) and ``images`` (as the upstream sent
+    them) are recorded when the job ends. ``foreground`` marks a job whose answer
+    was passed straight through to the caller (the seed's foreground path).
     """
 
     id: str
@@ -84,6 +88,9 @@ class Job:
     finish_reason: str | None = None
     usage: Usage | None = None
     generation_id: str | None = None
+    tool_calls: list[dict[str, Any]] = attrs.field(factory=list)
+    images: list[dict[str, Any]] = attrs.field(factory=list)
+    foreground: bool = False
 
     @property
     def owner(self) -> Owner:

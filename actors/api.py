@@ -44,6 +44,7 @@ class JobView:
     ``content_length`` and ``reasoning_length`` are the lengths of the whole content
     and reasoning, so the next poll asks for ``offset=content_length`` and
     ``reasoning_offset=reasoning_length``. Each offset is clamped to its length.
+    ``tool_calls``, ``images`` and ``foreground`` are the job's own (see :class:`Job`).
     """
 
     id: str
@@ -65,6 +66,9 @@ class JobView:
     reasoning_offset: int
     reasoning: str
     reasoning_length: int
+    tool_calls: list[dict[str, Any]]
+    images: list[dict[str, Any]]
+    foreground: bool
 
     @classmethod
     def of(cls, job: Job, offset: int = 0, reasoning_offset: int = 0) -> JobView:
@@ -90,6 +94,9 @@ class JobView:
             reasoning_offset=reasoning_offset,
             reasoning=job.reasoning[reasoning_offset:],
             reasoning_length=len(job.reasoning),
+            tool_calls=job.tool_calls,
+            images=job.images,
+            foreground=job.foreground,
         )
 
 

@@ -42,10 +42,10 @@ from actors.codec import WrongType
 
 __all__ = [
     "ENV_PREFIX",
-    "ConfigError",
     "HMAC_ALGORITHMS",
     "PUBLIC_KEY_ALGORITHMS",
     "AuthMode",
+    "ConfigError",
     "LogLevel",
     "ServiceConfig",
     "StoreName",
@@ -254,7 +254,7 @@ class ServiceConfig:
     against the background caps, nor those against this one."""
     watch_window: float = attrs.field(default=3.0, validator=_at_least(0))
     """A status poll of a job counts as watching it for this long: a job that ends
-    while its owner polls it (or follows it live) notifies nobody."""
+    while its owner polls it (or follows it live) notifies nobody. 0: polls never count."""
     job_timeout: float = attrs.field(default=300.0, validator=_above(0))
     """A job still streaming after this long is aborted upstream and fails."""
     retention: float = attrs.field(default=3600.0, validator=_above(0))
@@ -292,6 +292,9 @@ class ServiceConfig:
     """A PEM public key (RSA, EC or Ed25519) that checks tokens signed by an auth provider."""
     jwt_jwks_url: str | None = attrs.field(default=None, validator=_optional(_http_url))
     """The auth provider's JWKS URL; keys are cached and fetched again for an unknown ``kid``."""
+    jwt_jwks_refetch_interval: float = attrs.field(default=5.0, validator=_above(0))
+    """Shortest time between two fetches of ``jwt_jwks_url``: within it, a token naming an
+    unknown ``kid`` is refused without asking the provider, so made-up ones cannot flood it."""
     jwt_algorithms: tuple[str, ...] = attrs.field(default=(), validator=_algorithms)
     """The algorithms a token may be signed with; never taken from the token. Empty means
     ``HS256`` with ``jwt_secret`` and ``RS256, ES256`` with a public key or JWKS. In the

@@ -5,10 +5,13 @@ Replies are noted per message; "tell" messages have none.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from actors.api import ChatRequest
 from actors.jobs.log import JobLog
+from actors.jobs.passthrough import Passthrough
 from actors.model import Job, Owner, Usage
 
 __all__ = [
@@ -18,9 +21,11 @@ __all__ = [
     "DeleteNotification",
     "FollowJob",
     "FollowNotifications",
+    "ForegroundStarted",
     "GetLog",
     "InterruptAll",
     "JobFinished",
+    "JobPolled",
     "ListNotifications",
     "MarkAllRead",
     "MarkRead",
@@ -33,6 +38,7 @@ __all__ = [
     "Sweep",
     "SweepResult",
     "TrackLog",
+    "WebhooksQueued",
 ]
 
 # -- JobRegistry: from the facade -------------------------------------------
@@ -40,11 +46,27 @@ __all__ = [
 
 @attrs.frozen
 class CreateJob:
-    """Reply: the new :class:`Job`, or at a cap the ServerBusy / TooManyJobs refusal
-    (returned as the reply, not raised, so the registry does not crash)."""
+    """Reply: the new :class:`Job`, or with ``foreground`` a :class:`ForegroundStarted`;
+    at a cap the ServerBusy / TooManyJobs / ForegroundBusy refusal (returned as the
+    reply, not raised, so the registry does not crash).
+
+    A foreground job is passed straight through to its caller and recorded like any
+    other; it counts against ``max_foreground_streams`` only, a background job against
+    ``max_concurrent_jobs`` and ``max_jobs_per_user`` only.
+    """
 
     owner: Owner
     request: ChatRequest
+    foreground: bool = False
+
+
+@attrs.frozen
+class ForegroundStarted:
+    """Reply to a foreground :class:`CreateJob`: the job, and the upstream's answer
+    as the job's stream passes it on."""
+
+    job: Job
+    passthrough: Passthrough = attrs.field(eq=False)
 
 
 @attrs.frozen
@@ -75,6 +97,14 @@ class FollowJob:
 
 
 @attrs.frozen
+class JobPolled:
+    """Its owner has just read this running job's status: the job counts as
+    watched for ``watch_window`` seconds. Told with ``tell_nowait``; no reply."""
+
+    job_id: str
+
+
+@attrs.frozen
 class BeginDrain:
     """Refuse new jobs from now on. Reply: the number of running jobs."""
 
@@ -97,16 +127,24 @@ class StreamOpened:
 
 @attrs.frozen
 class StreamFinished:
+    """``tool_calls`` are whole calls (fragments merged); ``images`` as the upstream sent them."""
+
     job_id: str
     finish_reason: str | None
     usage: Usage | None
     generation_id: str | None
+    tool_calls: list[dict[str, Any]] = attrs.field(factory=list)
+    images: list[dict[str, Any]] = attrs.field(factory=list)
 
 
 @attrs.frozen
 class StreamFailed:
+    """The output that was not text, up to the failure, as :class:`StreamFinished` has it."""
+
     job_id: str
     error: str
+    tool_calls: list[dict[str, Any]] = attrs.field(factory=list)
+    images: list[dict[str, Any]] = attrs.field(factory=list)
 
 
 @attrs.frozen
@@ -145,7 +183,8 @@ class SweepResult:
 class JobFinished:
     """A job ended. Reply: the :class:`Notification` created, or None.
 
-    ``watched`` is True when a follower was attached at that moment.
+    ``watched`` is True when a follower was attached at that moment, or its
+    owner had polled it within ``watch_window`` seconds.
     """
 
     job: Job
@@ -188,6 +227,14 @@ class FollowNotifications:
     """Reply: a receive channel of the owner's new :class:`Notification` values."""
 
     owner: Owner
+
+
+# -- WebhookSender ----------------------------------------------------------------
+
+
+@attrs.frozen
+class WebhooksQueued:
+    """From the notifier: events were queued in the outbox; deliver what is due."""
 
 
 # -- StoreKeeper ------------------------------------------------------------------

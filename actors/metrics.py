@@ -1,4 +1,5 @@
-"""Prometheus metrics of one service: jobs, upstream latency and errors, and the actor tree.
+"""Prometheus metrics of one service: jobs, upstream latency and errors, webhooks, and the
+actor tree.
 
 Each service has its own :class:`CollectorRegistry`, so several services (in
 tests, say) never share counters. The actor-tree gauges are read from a
@@ -43,6 +44,23 @@ class ServiceMetrics:
             "troupe_upstream_errors",
             "Upstream streams that failed, by error code.",
             ["code"],
+            registry=self.registry,
+        )
+        self.webhook_outbox_depth = Gauge(
+            "troupe_webhook_outbox_depth",
+            "Webhook events waiting for delivery, as of the sender's last round.",
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "troupe_webhook_deliveries",
+            "Webhook delivery outcomes: delivered, failed (an attempt, to be retried or "
+            "not) and given_up (past webhook_max_age).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.webhook_endpoint_disabled = Gauge(
+            "troupe_webhook_endpoint_disabled",
+            "1 while the webhook endpoint is disabled (it answered 410 Gone), else 0.",
             registry=self.registry,
         )
 

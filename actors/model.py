@@ -22,6 +22,7 @@ __all__ = [
     "NotificationType",
     "Owner",
     "Usage",
+    "WebhookEvent",
 ]
 
 
@@ -135,3 +136,21 @@ class Notification:
     created_at: datetime
     actions: tuple[NotificationAction, ...] = ()
     read_at: datetime | None = None
+
+
+@attrs.frozen
+class WebhookEvent:
+    """One event for the webhook endpoint, as the outbox keeps it until it is delivered.
+
+    ``id`` is the ``webhook-id`` every attempt carries, so a receiver dedupes on it;
+    ``body`` is the JSON payload, fixed when the event is made, so every attempt sends
+    the same text. ``attempts`` counts the failed tries so far and ``next_attempt_at``
+    is when the next one is due.
+    """
+
+    id: str
+    type: str
+    created_at: datetime
+    body: str
+    next_attempt_at: datetime
+    attempts: int = 0

@@ -4,6 +4,7 @@
 
     service (supervisor, ONE_FOR_ONE)
     ├── store      StoreKeeper: opens the store first, answers health pings
+    ├── webhooks   WebhookSender: delivers the webhook outbox (only with webhook_url)
     ├── notifier   Notifier
     ├── persister  Persister: every running job's new deltas, one write per tick
     ├── registry   JobRegistry: the one authority on job lifecycle
@@ -18,6 +19,7 @@ lists straight from the store; the HTTP adapter and the CLI use nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,7 +39,7 @@ from actors.dependencies import (
     ServiceDependencies,
     new_id,
 )
-from actors.errors import ServiceError, UserKeyNotAllowed
+from actors.errors import MissingApiKey, ServiceError, UserKeyNotAllowed
 from actors.jobs.following import JobFollower, NotificationFollower
 from actors.jobs.persister import Persister
 from actors.jobs.registry import JobRegistry
@@ -46,7 +48,9 @@ from actors.messages import (
     BeginDrain,
     CreateJob,
     DeleteNotification,
+    ForegroundStarted,
     InterruptAll,
+    JobPolled,
     ListNotifications,
     MarkAllRead,
     MarkRead,
@@ -57,6 +61,7 @@ from actors.messages import (
 )
 from actors.model import Job, JobStatus, Notification, Owner
 from actors.notifications.notifier import Notifier
+from actors.notifications.webhooks import WebhookSender
 from actors.store_keeper import StoreKeeper
 from actors.stores import Store, StoreFactory
 from actors.sweeper import Sweeper
@@ -66,12 +71,13 @@ from runtime import (
     ActorStopped,
     ActorSystem,
     ChildSpec,
+    MailboxFull,
     Strategy,
     SupervisorSpec,
     open_system,
 )
 
-__all__ = ["Service", "build_upstream", "open_service"]
+__all__ = ["Service", "build_upstream", "check_api_key", "open_service"]
 
 log = structlog.get_logger("troupe.service")
 
@@ -80,25 +86,50 @@ _ASK_TIMEOUT = 30.0
 
 
 def build_upstream(config: ServiceConfig) -> Upstream:
-    """The upstream client the configuration asks for."""
+    """The upstream client the configuration asks for, sending OpenRouter's
+    attribution headers (``HTTP-Referer``, ``X-Title``) where they are set."""
     if config.upstream == "openai":
+        attribution = {"HTTP-Referer": config.upstream_referer, "X-Title": config.upstream_title}
         return OpenAICompatibleUpstream(
             config.upstream_base_url,
             config.upstream_api_key,
             idle_timeout=config.upstream_idle_timeout,
             read_interval=config.upstream_read_interval,
+            extra_headers={name: value for name, value in attribution.items() if value},
         )
     return SimulatedUpstream(config.simulated_tokens_per_second)
 
 
+def check_api_key(config: ServiceConfig, user_key: str | None) -> None:
+    """Check that a request can reach the upstream with the key it brings (or none).
+
+    A user's key is used when the configuration allows user keys or the server has
+    no key of its own. Raises :class:`UserKeyNotAllowed` for a user's key the
+    configuration refuses, and :class:`MissingApiKey` when the upstream is real,
+    the server has no key and the request brought none: never a silent switch to
+    the simulated model.
+    """
+    server_key = config.upstream_api_key is not None
+    if user_key is not None and server_key and not config.allow_user_api_keys:
+        raise UserKeyNotAllowed("this server does not accept per-request API keys")
+    if config.upstream == "openai" and not server_key and user_key is None:
+        raise MissingApiKey("the server has no upstream key; send your own as a Bearer token")
+
+
 def service_spec(deps: ServiceDependencies) -> SupervisorSpec:
     """The service supervisor and its static children, in start order."""
+    webhooks = (
+        []
+        if deps.config.webhook_url is None
+        else [ChildSpec("webhooks", functools.partial(WebhookSender, deps))]
+    )
     return SupervisorSpec(
         strategy=Strategy.ONE_FOR_ONE,
         max_restarts=10,
         within=60.0,
         children=[
             ChildSpec("store", functools.partial(StoreKeeper, deps)),
+            *webhooks,
             ChildSpec("notifier", functools.partial(Notifier, deps)),
             ChildSpec("persister", functools.partial(Persister, deps)),
             ChildSpec("registry", functools.partial(JobRegistry, deps)),
@@ -134,11 +165,10 @@ class Service:
         """Start streaming ``request`` in the background and return the new job.
 
         Raises :class:`ServerBusy` at the global cap (or while shutting down),
-        :class:`TooManyJobs` at the per-user cap, :class:`UserKeyNotAllowed`
-        for a per-request key the configuration does not allow.
+        :class:`TooManyJobs` at the per-user cap, and what :func:`check_api_key`
+        raises.
         """
-        if request.api_key is not None and not self.config.allow_user_api_keys:
-            raise UserKeyNotAllowed("this server does not accept per-request API keys")
+        check_api_key(self.config, request.api_key)
         reply: Job | ServiceError = await self._registry.ask(
             CreateJob(owner, request), timeout=_ASK_TIMEOUT
         )
@@ -146,18 +176,53 @@ class Service:
             raise reply
         return reply
 
+    async def start_foreground(self, owner: Owner, request: ChatRequest) -> ForegroundStarted:
+        """Start streaming ``request`` straight through to the caller, recorded as a job.
+
+        Returns the job (``foreground``) and its passthrough: its head says how the
+        upstream answered, its body is the upstream's bytes unchanged, with no retry.
+        The caller reads the body to its end or closes the reader; until then the
+        stream waits for it (a cancelled call leaves nobody reading, so the job runs
+        into its timeout). Closing the reader does not stop the job: abort it for that,
+        as a client's Stop does. The job's deltas are stored like any job's; its tool
+        calls and images when it ends.
+
+        Raises :class:`ForegroundBusy` at the foreground cap, :class:`ServerBusy`
+        while shutting down, and what :func:`check_api_key` raises.
+        """
+        check_api_key(self.config, request.api_key)
+        reply: ForegroundStarted | ServiceError = await self._registry.ask(
+            CreateJob(owner, request, foreground=True), timeout=_ASK_TIMEOUT
+        )
+        if isinstance(reply, ServiceError):
+            raise reply
+        return reply
+
     async def get_job(
-        self, owner: Owner, job_id: str, offset: int = 0, reasoning_offset: int = 0
+        self,
+        owner: Owner,
+        job_id: str,
+        offset: int = 0,
+        reasoning_offset: int = 0,
+        *,
+        watching: bool = False,
     ) -> JobView | None:
         """The job with its content from ``offset`` on and its reasoning from
         ``reasoning_offset`` on, or None if it is not the owner's.
 
         Read straight from the store, never queued behind the actors: a running
         job shows what is stored of it, which is all any follower has seen.
+        With ``watching`` (a status poll of someone looking at the job), a
+        running job counts as watched for ``watch_window`` seconds: if it ends
+        meanwhile, it notifies nobody. The registry is told without waiting;
+        when its mailbox is full, this poll is not counted (the next one is).
         """
         job = await self._store.get_job(job_id)
         if job is None or job.owner != owner:
             return None
+        if watching and not job.status.is_terminal:
+            with contextlib.suppress(MailboxFull, ActorStopped):
+                self._registry.tell_nowait(JobPolled(job_id))
         return JobView.of(job, offset, reasoning_offset)
 
     async def abort_job(self, owner: Owner, job_id: str) -> bool:

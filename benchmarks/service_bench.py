@@ -404,7 +404,8 @@ async def _troupe_server(store: StoreName) -> AsyncIterator[_Endpoint]:
     ready = trio.Event()
     endpoints: list[_Endpoint] = []
 
-    def on_ready(addresses: list[str], tokens: TokenAuthority) -> None:
+    def on_ready(addresses: list[str], tokens: TokenAuthority | None) -> None:
+        assert tokens is not None
         token = tokens.mint(USER, WORKSPACE)
         endpoints.append(_Endpoint(addresses[0], {"Authorization": f"Bearer {token}"}))
         ready.set()

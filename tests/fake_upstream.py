@@ -24,6 +24,8 @@ constructors and chainable methods, each returning a new Script::
     Script.stream().content("a").error(502, "provider down")  # mid-stream error object
     Script.stream().content("a").hang()                      # then sleeps until disconnect
     Script.stream().content("a").sleep(0.5).content("b")     # slow tokens
+    Script.stream().tool_call(0, id="c1", name="f", arguments='{"a"').tool_call(0, arguments="}")
+    Script.stream().image("data:image/png;base64,AAAA")      # OpenRouter image output
 
 Successful (2xx) answers carry ``X-Generation-Id: gen-fake-<request number>``.
 """
@@ -138,6 +140,11 @@ class Script:
             retry_after=None if retry_after is None else str(retry_after),
         )
 
+    @property
+    def body(self) -> bytes:
+        """Every byte a 200 stream of this script writes, in order."""
+        return b"".join(step.data for step in self.steps if isinstance(step, _Write))
+
     def _then(self, step: _Step) -> Script:
         return attrs.evolve(self, steps=(*self.steps, step))
 
@@ -148,6 +155,33 @@ class Script:
     def reasoning(self, text: str) -> Script:
         """A chunk whose ``choices[0].delta.reasoning`` is ``text``."""
         return self._then(_chunk({"reasoning": text, "content": ""}))
+
+    def tool_call(
+        self,
+        index: int,
+        *,
+        id: str | None = None,
+        name: str | None = None,
+        arguments: str | None = None,
+    ) -> Script:
+        """A chunk carrying one ``choices[0].delta.tool_calls`` fragment, as OpenAI streams
+        them: ``index`` always, ``id``, ``type`` and ``function.name`` on the first one,
+        then ``function.arguments`` pieces."""
+        fragment: dict[str, Any] = {"index": index}
+        if id is not None:
+            fragment["id"] = id
+            fragment["type"] = "function"
+        function = {
+            key: value for key, value in (("name", name), ("arguments", arguments)) if value
+        }
+        if function:
+            fragment["function"] = function
+        return self._then(_chunk({"tool_calls": [fragment]}))
+
+    def image(self, url: str) -> Script:
+        """A chunk whose ``choices[0].delta.images`` holds one image, as OpenRouter sends it."""
+        image = {"type": "image_url", "image_url": {"url": url}}
+        return self._then(_chunk({"content": "", "images": [image]}))
 
     def chunk(self, payload: object) -> Script:
         """A ``data:`` event carrying ``payload`` as JSON, whatever it is."""

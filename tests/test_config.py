@@ -31,7 +31,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.upstream == "simulated"
     assert config.upstream_base_url == "https://openrouter.ai/api/v1"
     assert config.upstream_api_key is None
-    assert config.allow_user_api_keys is False
+    assert config.allow_user_api_keys is True
     assert config.simulated_tokens_per_second == 20.0
     assert config.upstream_idle_timeout == 60.0
     assert config.max_concurrent_jobs == 20
@@ -47,6 +47,12 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.host == "127.0.0.1"
     assert config.port == 8000
     assert config.jwt_secret is None
+    assert config.auth_mode == "jwt"
+    assert config.token_algorithms == ("HS256",)
+    assert config.jwt_cookie is None
+    assert (config.user_claim, config.workspace_claim) == ("sub", "workspace")
+    assert config.jwt_jwks_refetch_interval == 5.0
+    assert config.trusted_proxies == ("127.0.0.1/32", "::1/128")
     assert config.max_body_bytes == 1_048_576
     assert config.log_level == "info"
 
@@ -157,6 +163,88 @@ def test_troupe_api_key_beats_openrouter_api_key() -> None:
 
     assert config.upstream_api_key == API_KEY
     assert config.upstream == "openai"
+
+
+def test_upstream_base_url_alone_selects_openai_upstream(tmp_path: Path) -> None:
+    from_env = load_config(env={"TROUPE_UPSTREAM_BASE_URL": "http://127.0.0.1:9999/v1"})
+    path = write_toml(tmp_path, 'upstream_base_url = "http://127.0.0.1:9999/v1"\n')
+    from_file = load_config(path, env={})
+
+    for config in (from_env, from_file):
+        assert config.upstream == "openai"
+        assert config.upstream_api_key is None
+
+
+def test_list_settings_from_the_environment_are_comma_separated() -> None:
+    config = load_config(
+        env={
+            "TROUPE_JWT_JWKS_URL": "https://auth.example.test/.well-known/jwks.json",
+            "TROUPE_JWT_ALGORITHMS": " RS256, ES256 ,,",
+            "TROUPE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8",
+        }
+    )
+
+    assert config.jwt_algorithms == ("RS256", "ES256")
+    assert config.token_algorithms == ("RS256", "ES256")
+    assert config.trusted_proxies == ("10.0.0.0/8", "fd00::/8")
+
+
+def test_a_public_key_or_jwks_defaults_to_public_key_algorithms() -> None:
+    config = load_config(env={"TROUPE_JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----..."})
+
+    assert config.jwt_algorithms == ()
+    assert config.token_algorithms == ("RS256", "ES256")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"TROUPE_JWT_ALGORITHMS": "RS999"},
+            "TROUPE_JWT_ALGORITHMS: 'RS999' is not one of ES256, ES384, ES512, EdDSA, HS256,",
+        ),
+        (
+            {"TROUPE_JWT_ALGORITHMS": "HS256", "TROUPE_JWT_JWKS_URL": "https://a.test/jwks"},
+            "TROUPE_JWT_ALGORITHMS: HMAC algorithms cannot be used with a public key or JWKS",
+        ),
+        (
+            {"TROUPE_JWT_ALGORITHMS": "RS256"},
+            "TROUPE_JWT_ALGORITHMS: public-key algorithms need jwt_public_key or jwt_jwks_url",
+        ),
+        (
+            {"TROUPE_JWT_PUBLIC_KEY": "pem", "TROUPE_JWT_JWKS_URL": "https://a.test/jwks"},
+            "TROUPE_JWT_JWKS_URL: set jwt_public_key or jwt_jwks_url, not both",
+        ),
+        (
+            {"TROUPE_JWT_JWKS_URL": "a.test/jwks"},
+            "TROUPE_JWT_JWKS_URL: must be an http:// or https:// URL (got 'a.test/jwks')",
+        ),
+        (
+            {"TROUPE_TRUSTED_PROXIES": "10.0.0.0/8,banana"},
+            "TROUPE_TRUSTED_PROXIES: must be IP addresses or CIDR networks (got 'banana')",
+        ),
+        (
+            {"TROUPE_AUTH_MODE": "cookies"},
+            "TROUPE_AUTH_MODE: must be one of 'jwt', 'trusted_headers' (got 'cookies')",
+        ),
+        (
+            {"TROUPE_JWT_COOKIE": "__session;"},
+            "TROUPE_JWT_COOKIE: must be an HTTP header name (got '__session;')",
+        ),
+        (
+            {"TROUPE_JWT_JWKS_REFETCH_INTERVAL": "0"},
+            "TROUPE_JWT_JWKS_REFETCH_INTERVAL: must be > 0 (got 0.0)",
+        ),
+    ],
+)
+def test_auth_settings_that_are_wrong_or_do_not_fit_together_name_the_variable(
+    env: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+
+    assert str(caught.value).startswith(expected)
+    assert caught.value.setting == expected.partition(":")[0]
 
 
 def test_openrouter_api_key_beats_file_key(tmp_path: Path) -> None:

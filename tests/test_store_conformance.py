@@ -23,8 +23,10 @@ from actors.model import (
     NotificationType,
     Owner,
     Usage,
+    WebhookEvent,
 )
 from actors.stores import Store, StoreError, StoreFactory
+from actors.stores.protocol import OutboxSummary
 
 BACKEND_NAMES = ["memory", "sqlite"]
 
@@ -83,6 +85,30 @@ def make_notification(
     )
 
 
+def make_event(
+    *,
+    created_at: datetime = T0,
+    next_attempt_at: datetime | None = None,
+    event_id: str | None = None,
+    body: str = '{"type": "job.completed"}',
+) -> WebhookEvent:
+    return WebhookEvent(
+        id=event_id or new_id("msg"),
+        type="job.completed",
+        created_at=created_at,
+        body=body,
+        next_attempt_at=created_at if next_attempt_at is None else next_attempt_at,
+    )
+
+
+FAR = T0 + timedelta(days=365)
+
+
+async def queued(store: Store) -> list[WebhookEvent]:
+    """Every queued event, as it is; taken, so call it last."""
+    return await store.take_due_webhooks(FAR, 1000, FAR)
+
+
 def deltas(job_id: str, *items: tuple[int, str, str]) -> list[Delta]:
     return [Delta(job_id, seq, content, reasoning) for seq, content, reasoning in items]
 
@@ -124,6 +150,15 @@ async def test_create_then_get_round_trips_every_field(store: Store) -> None:
             cost=0.000123,
         ),
         generation_id="gen-abc",
+        tool_calls=[
+            {
+                "id": "call-1",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": '{"q": "wörld"}'},
+            }
+        ],
+        images=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}],
+        foreground=True,
     )
     await store.create_job(job)
 
@@ -495,21 +530,26 @@ async def test_update_job_writes_state_but_not_accumulated_output(store: Store) 
         job,
         status=JobStatus.COMPLETE,
         completed_at=T0 + timedelta(minutes=1),
-        finish_reason="stop",
+        finish_reason="tool_calls",
         usage=usage,
         generation_id="gen-1",
         model="routed/model",
+        tool_calls=[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}],
+        images=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}],
         content="ignored",
         reasoning="ignored",
         chunks_received=99,
         last_seq=99,
+        foreground=True,
     )
     assert await store.update_job(changed) is True
 
     got = await store.get_job(job.id)
     assert got == attrs.evolve(
-        changed, content="kept", reasoning="why", chunks_received=1, last_seq=1
+        changed, content="kept", reasoning="why", chunks_received=1, last_seq=1, foreground=False
     )
+    [summary] = await store.list_job_summaries(ALICE)
+    assert (summary.job.tool_calls, summary.job.images) == (changed.tool_calls, changed.images)
 
 
 async def test_update_job_cannot_change_a_completed_job(store: Store) -> None:
@@ -716,6 +756,145 @@ async def test_mute_and_unmute_a_thread(store: Store) -> None:
     assert await store.is_thread_muted(ALICE, "thread-1") is False
 
 
+# -- webhook outbox ----------------------------------------------------------
+
+
+async def test_add_notification_queues_its_webhooks_with_it_or_not_at_all(store: Store) -> None:
+    note = make_notification(job_id="job-w")
+    events = [make_event(), make_event(created_at=T0 + timedelta(seconds=1))]
+    assert await store.add_notification(note, events) is True
+
+    again = [make_event(created_at=T0 + timedelta(seconds=2))]
+    assert await store.add_notification(make_notification(job_id="job-w"), again) is False
+
+    assert await queued(store) == events
+
+
+async def test_webhook_times_come_back_in_utc(store: Store) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    event = make_event(
+        created_at=datetime(2025, 3, 1, 14, 0, 0, 5, tzinfo=plus_two),
+        next_attempt_at=datetime(2025, 3, 1, 14, 0, 1, tzinfo=plus_two),
+        body='{"text": "wörld ✓"}',
+    )
+    await store.enqueue_webhooks([event])
+
+    [got] = await queued(store)
+    assert got == event
+    assert got.created_at.utcoffset() == timedelta(0)
+    assert got.next_attempt_at == datetime(2025, 3, 1, 12, 0, 1, tzinfo=UTC)
+
+
+async def test_enqueue_webhooks_skips_an_id_already_queued(store: Store) -> None:
+    first = make_event(event_id="msg-same", body="first")
+    await store.enqueue_webhooks([first])
+    new = make_event(event_id="msg-new")
+    await store.enqueue_webhooks([attrs.evolve(first, body="second"), new])
+
+    assert await queued(store) == [new, first]  # same times: by id
+
+
+async def test_take_due_webhooks_takes_the_due_ones_earliest_first_and_leases_them(
+    store: Store,
+) -> None:
+    later = make_event(event_id="e-later", next_attempt_at=T0 + timedelta(seconds=30))
+    due_now = make_event(created_at=T0 - timedelta(seconds=5), next_attempt_at=T0)
+    older_same_time = make_event(created_at=T0 - timedelta(seconds=9), next_attempt_at=T0)
+    earliest = make_event(created_at=T0 - timedelta(minutes=1))
+    not_yet = make_event(event_id="e-not-yet", next_attempt_at=T0 + timedelta(microseconds=1))
+    await store.enqueue_webhooks([later, due_now, older_same_time, earliest, not_yet])
+    lease = T0 + timedelta(minutes=5)
+
+    assert await store.take_due_webhooks(T0, 2, lease) == [earliest, older_same_time]
+    assert await store.take_due_webhooks(T0, 10, lease) == [due_now]  # the leased are not
+    assert await store.take_due_webhooks(T0, 0, lease) == []
+    assert await store.take_due_webhooks(T0 + timedelta(seconds=30), 10, lease) == [
+        not_yet,
+        later,
+    ]
+    assert await store.take_due_webhooks(lease - timedelta(microseconds=1), 10, FAR) == []
+    # Due again when the lease ends, as they were but for the time.
+    assert await store.take_due_webhooks(lease, 10, FAR) == [
+        attrs.evolve(event, next_attempt_at=lease)
+        for event in (earliest, older_same_time, due_now, later, not_yet)
+    ]
+    with pytest.raises(ValueError, match="limit"):
+        await store.take_due_webhooks(T0, -1, lease)
+
+
+async def test_reschedule_webhook_records_a_failed_attempt(store: Store) -> None:
+    event = make_event()
+    await store.enqueue_webhooks([event])
+    retry_at = T0 + timedelta(seconds=10)
+
+    assert await store.reschedule_webhook(event.id, 1, retry_at) is True
+
+    assert await store.take_due_webhooks(T0 + timedelta(seconds=9), 10, FAR) == []
+    assert await store.take_due_webhooks(retry_at, 10, FAR) == [
+        attrs.evolve(event, attempts=1, next_attempt_at=retry_at)
+    ]
+    assert await store.reschedule_webhook("missing", 1, retry_at) is False
+    assert (await store.webhook_outbox_summary()).depth == 1
+
+
+async def test_remove_webhook_takes_it_out_once(store: Store) -> None:
+    kept, removed = make_event(), make_event()
+    await store.enqueue_webhooks([kept, removed])
+
+    assert await store.remove_webhook(removed.id) is True
+    assert await store.remove_webhook(removed.id) is False
+
+    assert await queued(store) == [kept]
+
+
+async def test_delete_webhooks_created_before_takes_only_older_ones(store: Store) -> None:
+    cutoff = T0 + timedelta(hours=24)
+    oldest = make_event(created_at=T0, next_attempt_at=T0 + timedelta(days=9))
+    old = make_event(created_at=cutoff - timedelta(microseconds=1))
+    at_cutoff = make_event(created_at=cutoff)
+    await store.enqueue_webhooks([old, at_cutoff, oldest])
+
+    assert await store.delete_webhooks_created_before(cutoff) == [oldest.id, old.id]
+    assert await store.delete_webhooks_created_before(cutoff) == []
+
+    assert await queued(store) == [at_cutoff]
+
+
+async def test_outbox_summary_counts_and_finds_the_earliest_times(store: Store) -> None:
+    assert await store.webhook_outbox_summary() == OutboxSummary(0, None, None)
+    await store.enqueue_webhooks(
+        [
+            make_event(created_at=T0, next_attempt_at=T0 + timedelta(minutes=5)),
+            make_event(created_at=T0 + timedelta(seconds=1), next_attempt_at=T0 + timedelta(2)),
+            make_event(created_at=T0 + timedelta(seconds=2)),
+        ]
+    )
+
+    assert await store.webhook_outbox_summary() == OutboxSummary(3, T0 + timedelta(seconds=2), T0)
+
+
+async def test_a_disabled_endpoint_keeps_its_first_time(store: Store) -> None:
+    url = "https://hooks.example.com/troupe"
+    assert await store.webhook_endpoint_disabled_at(url) is None
+
+    await store.disable_webhook_endpoint(url, T0)
+    await store.disable_webhook_endpoint(url, T0 + timedelta(hours=1))
+
+    assert await store.webhook_endpoint_disabled_at(url) == T0
+    assert await store.webhook_endpoint_disabled_at(url + "?v=2") is None
+
+
+async def test_outbox_refuses_naive_datetimes(store: Store) -> None:
+    naive = datetime(2025, 3, 1, 12, 0)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.enqueue_webhooks([make_event(created_at=naive)])
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.take_due_webhooks(naive, 10, FAR)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.disable_webhook_endpoint("https://x.example", naive)
+    assert (await store.webhook_outbox_summary()).depth == 0
+
+
 # -- lifecycle ---------------------------------------------------------------
 
 
@@ -736,6 +915,10 @@ async def test_closed_store_refuses_calls_and_close_is_idempotent(store: Store) 
         await store.create_job(make_job())
     with pytest.raises(StoreError, match="closed"):
         await store.add_notification(make_notification())
+    with pytest.raises(StoreError, match="closed"):
+        await store.enqueue_webhooks([make_event()])
+    with pytest.raises(StoreError, match="closed"):
+        await store.webhook_outbox_summary()
 
 
 # -- properties --------------------------------------------------------------
@@ -874,12 +1057,25 @@ async def _check_model(
 async def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     job = make_job(status=JobStatus.STREAMING)
+    finished = attrs.evolve(
+        make_job(status=JobStatus.STREAMING),
+        foreground=True,
+        status=JobStatus.COMPLETE,
+        completed_at=T0,
+        tool_calls=[{"id": "c1", "type": "function"}],
+        images=[{"type": "image_url"}],
+    )
     note = make_notification(job_id=job.id)
+    fresh, retried = make_event(), make_event()
     factory = StoreFactory("sqlite", data_dir)
     store = await factory.get()
     await store.create_job(job)
+    await store.create_job(attrs.evolve(finished, status=JobStatus.STREAMING, completed_at=None))
+    await store.update_job(finished)
     await store.append_deltas(job.id, deltas(job.id, (1, "par", "r"), (2, "tial", "")))
-    await store.add_notification(note)
+    await store.add_notification(note, [fresh, retried])
+    await store.reschedule_webhook(retried.id, 3, T0 + timedelta(minutes=1))
+    await store.disable_webhook_endpoint("https://hooks.example.com/", T0)
     await store.set_thread_muted(ALICE, "thread-1", True)
     expected_job = await store.get_job(job.id)
     await factory.aclose()
@@ -893,5 +1089,11 @@ async def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
         assert await store.list_notifications(ALICE) == [note]
         assert await store.is_thread_muted(ALICE, "thread-1") is True
         assert await store.list_jobs_by_status([JobStatus.STREAMING]) == [expected_job]
+        assert await store.get_job(finished.id) == finished
+        assert await queued(store) == [
+            fresh,
+            attrs.evolve(retried, attempts=3, next_attempt_at=T0 + timedelta(minutes=1)),
+        ]
+        assert await store.webhook_endpoint_disabled_at("https://hooks.example.com/") == T0
     finally:
         await reopened.aclose()

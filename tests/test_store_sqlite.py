@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.model import Delta, Job, JobStatus, Owner
+from actors.model import Delta, Job, JobStatus, Owner, Usage
 from actors.stores import SqliteJobStore, SqliteStore, StoreError
 from actors.stores.migrations import CURRENT_VERSION, MIGRATIONS, Migration, migrate
 from actors.stores.sqlite import _rows_per_statement
@@ -70,7 +70,14 @@ async def test_schema_version_is_recorded(store: SqliteStore, db_path: Path) -> 
         tables = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-    assert {"jobs", "deltas", "notifications", "muted_threads"} <= tables
+    assert {
+        "jobs",
+        "deltas",
+        "notifications",
+        "muted_threads",
+        "webhook_outbox",
+        "webhook_endpoints",
+    } <= tables
     assert len(MIGRATIONS) == CURRENT_VERSION
 
 
@@ -340,6 +347,60 @@ async def test_a_version_1_database_migrates_with_its_running_jobs_output(db_pat
         await store.aclose()
     with raw(db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION
+
+
+async def test_a_version_2_database_migrates_its_jobs_and_gains_the_outbox(db_path: Path) -> None:
+    with raw(db_path) as conn:
+        assert migrate(conn, MIGRATIONS[:2]) == 2
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, workspace_id, thread_id, message_id, model, status, "
+            "started_at, content, chunks_received, last_seq, completed_at, finish_reason, usage, "
+            "content_length) VALUES ('done', 'alice', 'ws-1', 'thread-1', 'message-1', 'm', "
+            "'complete', '2025-03-01T12:00:00.000000+00:00', 'answer', 1, 1, "
+            "'2025-03-01T12:01:00.000000+00:00', 'stop', '{\"prompt_tokens\":3}', 6)"
+        )
+        conn.execute(
+            "INSERT INTO jobs (id, user_id, workspace_id, thread_id, message_id, model, status, "
+            "started_at) VALUES ('running', 'alice', 'ws-1', 'thread-1', 'message-1', 'm', "
+            "'streaming', '2025-03-01T12:00:00.000000+00:00')"
+        )
+        conn.execute("INSERT INTO deltas VALUES ('running', 1, 'part', '')")
+        conn.execute("UPDATE jobs SET chunks_received = 1, last_seq = 1 WHERE id = 'running'")
+
+    store = open_store(db_path)
+    try:
+        done = await store.get_job("done")
+        assert done == Job(
+            id="done",
+            user_id="alice",
+            workspace_id="ws-1",
+            thread_id="thread-1",
+            message_id="message-1",
+            model="m",
+            status=JobStatus.COMPLETE,
+            started_at=T0,
+            content="answer",
+            chunks_received=1,
+            last_seq=1,
+            completed_at=T0 + timedelta(minutes=1),
+            finish_reason="stop",
+            usage=Usage(prompt_tokens=3),
+        )
+        running = await store.get_job("running")
+        assert running is not None and running.content == "part"
+        calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+        assert await store.update_job(
+            attrs.evolve(running, status=JobStatus.COMPLETE, completed_at=T0, tool_calls=calls)
+        )
+        finished = await store.get_job("running")
+        assert finished is not None and (finished.content, finished.tool_calls) == ("part", calls)
+        assert (await store.webhook_outbox_summary()).depth == 0
+    finally:
+        await store.aclose()
+    with raw(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION == 3
+        added = conn.execute("SELECT tool_calls, images, foreground FROM jobs WHERE id = 'done'")
+        assert added.fetchall() == [("[]", "[]", 0)]
 
 
 def test_a_version_1_running_job_that_disagrees_with_its_deltas_is_not_migrated(

@@ -13,7 +13,10 @@ import trio.testing
 
 from actors.model import Usage
 from actors.upstream import (
+    ExtrasDelta,
+    KeepAlive,
     OpenAICompatibleUpstream,
+    RawBytes,
     StreamOpened,
     StreamResult,
     TextDelta,
@@ -46,6 +49,14 @@ class Recorder:
     @property
     def content(self) -> str:
         return "".join(d.content for d in self.deltas)
+
+    @property
+    def extras(self) -> list[ExtrasDelta]:
+        return [e for e in self.events if isinstance(e, ExtrasDelta)]
+
+    @property
+    def raw(self) -> bytes:
+        return b"".join(e.data for e in self.events if isinstance(e, RawBytes))
 
 
 @pytest.fixture
@@ -175,6 +186,7 @@ async def test_reasoning_empty_choices_tool_calls_and_usage(
     result, recorder = await run(upstream, request("m"))
 
     assert recorder.deltas == [TextDelta(reasoning="thinking"), TextDelta(content="Answer")]
+    assert recorder.extras == [ExtrasDelta(tool_calls=[tool_call])]
     assert result.finish_reason == "tool_calls"
     assert result.usage == Usage(
         prompt_tokens=11, completion_tokens=5, total_tokens=16, reasoning_tokens=3, cost=0.25
@@ -401,6 +413,8 @@ async def test_api_key_never_appears_in_errors(
         for text in (str(error), repr(error), error.message, repr(error.args)):
             assert USER_KEY not in text
     assert errors[0].message == "Invalid key [redacted]"
+    assert errors[0].body == Script.status(401, message="Invalid key [redacted]").error_body
+    assert errors[1].body is None
 
 
 async def test_missing_api_key_fails_before_any_request(fake: FakeUpstream) -> None:
@@ -464,3 +478,115 @@ async def test_pausing_between_reads_never_caps_the_token_rate(fake: FakeUpstrea
     assert len(recorder.deltas) == 60
     # Sent over about 0.6 s; at one piece per pause it would take at least 6 s.
     assert took < 3.0
+
+
+async def test_tool_call_fragments_and_images_are_extras_deltas_in_stream_order(
+    fake: FakeUpstream, upstream: OpenAICompatibleUpstream
+) -> None:
+    url = "data:image/png;base64,iVBORw0KGgo="
+    fake.script(
+        "m",
+        Script.stream()
+        .content("Let me look.")
+        .tool_call(0, id="call_1", name="lookup")
+        .tool_call(0, arguments='{"q": ')
+        .tool_call(0, arguments='"x"}')
+        .image(url)
+        .chunk({"choices": [{"index": 0, "delta": {"tool_calls": ["junk"], "images": 3}}]})
+        .finish("tool_calls")
+        .done(),
+    )
+    result, recorder = await run(upstream, request("m"))
+
+    image = {"type": "image_url", "image_url": {"url": url}}
+    assert [e for e in recorder.events if not isinstance(e, StreamOpened)] == [
+        TextDelta(content="Let me look."),
+        ExtrasDelta(
+            tool_calls=[
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup"}}
+            ]
+        ),
+        ExtrasDelta(tool_calls=[{"index": 0, "function": {"arguments": '{"q": '}}]),
+        ExtrasDelta(tool_calls=[{"index": 0, "function": {"arguments": '"x"}'}}]),
+        ExtrasDelta(images=[image]),
+    ]
+    assert result.finish_reason == "tool_calls"
+
+
+async def test_passthrough_hands_on_the_body_byte_for_byte_before_its_events(
+    fake: FakeUpstream, upstream: OpenAICompatibleUpstream
+) -> None:
+    script = (
+        Script.stream()
+        .keepalive()
+        .reasoning("hmm")
+        .content("Hi")
+        .raw(b'data: {"id": "c", "choices": [{"index": 0, "delta": {"content": "!"}}]}\r\n\r\n')
+        .tool_call(0, id="call_1", name="f", arguments="{}")
+        .image("data:image/png;base64,AAAA")
+        .finish("tool_calls")
+        .usage()
+        .done()
+    )
+    fake.script("m", script)
+    recorder = Recorder()
+    seen: list[tuple[UpstreamEvent, bytes]] = []
+
+    async def on_event(event: UpstreamEvent) -> None:
+        await recorder(event)
+        seen.append((event, recorder.raw))
+
+    result = await upstream.stream(UpstreamRequest("m", MESSAGES, passthrough=True), on_event)
+
+    assert recorder.raw == script.body
+    assert result.finish_reason == "tool_calls"
+    # Each parsed event comes after the bytes it was parsed from.
+    markers = {
+        TextDelta(reasoning="hmm"): b'"hmm"',
+        TextDelta(content="Hi"): b'"Hi"',
+        TextDelta(content="!"): b'"!"}',
+    }
+    for event, raw_so_far in seen:
+        if isinstance(event, TextDelta):
+            assert markers[event] in raw_so_far
+        elif isinstance(event, KeepAlive):
+            assert b": OPENROUTER PROCESSING" in raw_so_far
+        elif isinstance(event, ExtrasDelta):
+            assert (b"call_1" if event.tool_calls else b"AAAA") in raw_so_far
+    assert [type(e) for e, _ in seen if not isinstance(e, RawBytes)] == [
+        StreamOpened,
+        KeepAlive,
+        TextDelta,
+        TextDelta,
+        TextDelta,
+        ExtrasDelta,
+        ExtrasDelta,
+    ]
+
+
+async def test_passthrough_is_never_retried_and_keeps_the_upstream_answer(
+    fake: FakeUpstream, upstream: OpenAICompatibleUpstream
+) -> None:
+    fake.script(
+        "m",
+        Script.status(429, message=f"slow down, {KEY}", retry_after=0),
+        Script.text("a retry would get this"),
+    )
+    error = await failure(upstream, UpstreamRequest("m", MESSAGES, passthrough=True))
+
+    assert (error.code, error.status, error.retryable) == ("http_429", 429, True)
+    assert error.body == Script.status(429, message="slow down, [redacted]").error_body
+    assert error.content_type == "application/json"
+    assert len(fake.requests) == 1
+
+
+async def test_passthrough_connection_error_is_reported_without_backoff() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with OpenAICompatibleUpstream(
+        f"http://127.0.0.1:{port}/v1", api_key=KEY, max_attempts=3, backoff_initial=30.0
+    ) as client:
+        with trio.fail_after(5):
+            error = await failure(client, UpstreamRequest("m", MESSAGES, passthrough=True))
+    assert (error.code, error.status, error.body) == ("connection_error", None, None)

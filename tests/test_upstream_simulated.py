@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.testing
 
 from actors.upstream import (
+    RawBytes,
     SimulatedUpstream,
     StreamOpened,
     StreamResult,
@@ -19,9 +21,10 @@ from actors.upstream import (
     UpstreamEvent,
     UpstreamRequest,
 )
+from actors.upstream.sse import SSEDecoder, SSEMessage
 
 
-def ask(text: Any, **params: Any) -> UpstreamRequest:
+def ask(text: Any, *, passthrough: bool = False, **params: Any) -> UpstreamRequest:
     return UpstreamRequest(
         model="sim",
         messages=[
@@ -29,7 +32,15 @@ def ask(text: Any, **params: Any) -> UpstreamRequest:
             {"role": "user", "content": text},
         ],
         params=params,
+        passthrough=passthrough,
     )
+
+
+def sse_data(events: list[UpstreamEvent]) -> list[str]:
+    """The ``data`` of every SSE message in the RawBytes events."""
+    decoder = SSEDecoder()
+    items = [item for e in events if isinstance(e, RawBytes) for item in decoder.feed(e.data)]
+    return [item.data for item in items + decoder.finish() if isinstance(item, SSEMessage)]
 
 
 async def collect(
@@ -156,3 +167,64 @@ async def test_cancel_stops_the_stream(autojump_clock: trio.testing.MockClock) -
 def test_rejects_a_non_positive_rate() -> None:
     with pytest.raises(ValueError, match="tokens_per_second"):
         SimulatedUpstream(tokens_per_second=0)
+
+
+async def test_passthrough_writes_each_delta_as_an_openai_chunk_then_the_ending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    upstream = SimulatedUpstream(1000, reasoning=True)
+    _, plain = await collect(upstream, ask("wire me"))
+    result, events = await collect(upstream, ask("wire me", passthrough=True))
+
+    deltas = [e for e in events if isinstance(e, TextDelta)]
+    assert deltas == [e for e in plain if isinstance(e, TextDelta)]
+    # Each delta comes right after its own chunk's bytes.
+    for index, event in enumerate(events):
+        if isinstance(event, TextDelta):
+            assert isinstance(events[index - 1], RawBytes)
+    data = sse_data(events)
+    assert data[-1] == "[DONE]"
+    chunks = [orjson.loads(d) for d in data[:-1]]
+    assert all(
+        (c["id"], c["object"], c["model"]) == ("sim-2", "chat.completion.chunk", "sim")
+        for c in chunks
+    )
+    *token_chunks, finish, usage = chunks
+    assert [c["choices"][0]["delta"] for c in token_chunks] == [
+        {"content": d.content} if d.content else {"reasoning": d.reasoning} for d in deltas
+    ]
+    assert finish["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert usage["choices"] == []
+    assert result.usage is not None
+    assert usage["usage"] == {
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+        "total_tokens": result.usage.total_tokens,
+        "completion_tokens_details": {"reasoning_tokens": result.usage.reasoning_tokens},
+        "cost": 0.0,
+    }
+
+
+async def test_passthrough_of_a_simulated_error_ends_with_the_error_event(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events: list[UpstreamEvent] = []
+
+    async def on_event(event: UpstreamEvent) -> None:
+        events.append(event)
+
+    with pytest.raises(UpstreamError):
+        await SimulatedUpstream(1000).stream(
+            ask("boom", passthrough=True, simulate_error="model overloaded"), on_event
+        )
+
+    data = sse_data(events)
+    assert orjson.loads(data[-1]) == {"error": {"message": "model overloaded"}}
+    assert len(data) - 1 == len([e for e in events if isinstance(e, TextDelta)])
+
+
+async def test_without_passthrough_no_bytes_are_written(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    _, events = await collect(SimulatedUpstream(1000), ask("plain"))
+    assert not [e for e in events if isinstance(e, RawBytes)]

@@ -15,7 +15,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from actors.http.app import build_app
-from actors.http.auth import TokenAuthority
+from actors.http.auth import Authenticator
 from actors.http.events import ShutdownSignal
 from actors.service import Service
 from runtime import Actor
@@ -54,14 +54,14 @@ class HttpAdapter(Actor):
     def __init__(
         self,
         service: Service,
-        tokens: TokenAuthority,
+        auth: Authenticator,
         host: str,
         port: int,
         *,
         keepalive: float = 15.0,
     ) -> None:
         self._service = service
-        self._tokens = tokens
+        self._auth = auth
         self._host = host
         self._port = port
         self._keepalive = keepalive
@@ -76,7 +76,7 @@ class HttpAdapter(Actor):
         config.accesslog = None  # the app logs each request with its request id
         config.errorlog = None
         config.graceful_timeout = 1.0
-        app = build_app(self._service, self._tokens, self._shutdown, keepalive=self._keepalive)
+        app = build_app(self._service, self._auth, self._shutdown, keepalive=self._keepalive)
         self.context.start_task(self._serve, app, config)
         await self._started.event.wait()
         log.info("listening", addresses=self._started.addresses)

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from actors.errors import ServiceError
-from actors.http.auth import TokenAuthority
+from actors.http.auth import Authenticator
 from actors.http.errors import (
     ApiError,
     SeedError,
@@ -40,12 +40,13 @@ __all__ = ["build_app"]
 
 def build_app(
     service: Service,
-    tokens: TokenAuthority,
+    auth: Authenticator,
     shutdown: ShutdownSignal,
     *,
     keepalive: float = 15.0,
 ) -> Starlette:
-    """The Starlette app for ``service``; ``keepalive`` is the SSE comment interval."""
+    """The Starlette app for ``service``, whose callers ``auth`` names; ``keepalive``
+    is the SSE comment interval."""
     # One route per path, so that a 405 lists every allowed method in ``Allow``.
     routes = [
         Route("/v1/jobs", v1.jobs, methods=["GET", "POST"]),
@@ -79,10 +80,9 @@ def build_app(
     )
     app.state.dependencies = RouteDependencies(
         service=service,
-        tokens=tokens,
+        auth=auth,
         shutdown=shutdown,
         keepalive=keepalive,
-        max_body_bytes=service.config.max_body_bytes,
     )
     return app
 

@@ -15,7 +15,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from actors.errors import JobNotFound, ServerBusy, ServiceError, TooManyJobs, UserKeyNotAllowed
+from actors.errors import (
+    JobNotFound,
+    MissingApiKey,
+    ServerBusy,
+    ServiceError,
+    TooManyJobs,
+    UserKeyNotAllowed,
+)
 
 __all__ = [
     "SEED_PREFIX",
@@ -71,6 +78,7 @@ SERVICE_ERRORS: Mapping[type[ServiceError], ErrorAnswer] = {
     ),
     TooManyJobs: ErrorAnswer(429, "too_many_jobs", "Too many background jobs, try again later"),
     UserKeyNotAllowed: ErrorAnswer(403, "user_key_not_allowed", "User API keys are not allowed"),
+    MissingApiKey: ErrorAnswer(401, "missing_api_key", "Missing OpenRouter API key"),
     JobNotFound: ErrorAnswer(
         404, "not_found", "Job not found or unauthorized", message="no such job"
     ),

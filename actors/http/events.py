@@ -1,16 +1,16 @@
 """Server-Sent Event streams of a follower, ended by the server's shutdown.
 
-A user's notifications and the seed's foreground stream: few events, so
-rendering uses sse-starlette's :class:`ServerSentEvent`, and these iterators
-are the bodies of its ``EventSourceResponse``. A job's events, the hot path,
-have a response of their own (:mod:`actors.http.sse`). They are classes rather than async
+A user's notifications: few events, so rendering uses sse-starlette's
+:class:`ServerSentEvent`, and these iterators are the bodies of its
+``EventSourceResponse``. A job's events, the hot path, have a response of
+their own (:mod:`actors.http.sse`), and so does the seed's foreground answer
+(:mod:`actors.http.foreground`). These streams are classes rather than async
 generators so that cancellation (a client disconnect) never leaves a
 generator suspended inside a cancel scope.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -18,13 +18,12 @@ import orjson
 import trio
 from sse_starlette import ServerSentEvent
 
-from actors.api import DeltaEvent, JobEvent, StatusEvent
 from actors.errors import JobNotFound
 from actors.http.schemas import notification_json
-from actors.jobs.following import Follower, JobFollower, NotificationFollower
-from actors.model import JobStatus, Notification
+from actors.jobs.following import Follower, NotificationFollower
+from actors.model import Notification
 
-__all__ = ["ShutdownSignal", "foreground_stream", "notification_stream"]
+__all__ = ["ShutdownSignal", "notification_stream"]
 
 E = TypeVar("E")
 
@@ -119,41 +118,3 @@ def notification_stream(
         lambda notification: _sse("notification", notification_json(notification)),
         lambda: _sse("shutdown", {"message": "server shutting down"}),
     )
-
-
-def foreground_stream(
-    follower: JobFollower, shutdown: ShutdownSignal, model: str
-) -> _SseStream[JobEvent]:
-    """The seed's foreground path: the job's deltas as OpenAI chat-completion chunks.
-
-    The job is recorded like any other, so a client that loses the stream can
-    find it by the ``X-Job-Id`` header; a disconnect does not abort it.
-    """
-    chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
-
-    def chunk(delta: dict[str, Any], error: str | None = None) -> ServerSentEvent:
-        body: dict[str, Any] = {
-            "id": chunk_id,
-            "object": "chat.completion.chunk",
-            "model": model,
-            "choices": [
-                {"index": 0, "delta": delta, "finish_reason": None if error is None else "error"}
-            ],
-        }
-        if error is not None:
-            body["error"] = {"code": "job_failed", "message": error}
-        return ServerSentEvent(data=orjson.dumps(body).decode())
-
-    def render(event: JobEvent) -> ServerSentEvent | None:
-        if isinstance(event, DeltaEvent):
-            delta = {"content": event.content}
-            if event.reasoning:
-                delta["reasoning"] = event.reasoning
-            return chunk(delta)
-        if isinstance(event, StatusEvent):
-            if event.status is JobStatus.COMPLETE:
-                return ServerSentEvent(data="[DONE]")
-            return chunk({}, error=event.error or event.status.value)
-        return None
-
-    return _SseStream(follower, shutdown, render, lambda: chunk({}, "server shutting down"))

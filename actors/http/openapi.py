@@ -5,12 +5,18 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import attrs
+
+from actors.config import ServiceConfig
 from actors.http.schemas import (
-    MAX_CONTENT_CHARS,
+    DATA_URL_PATTERN,
+    HTTP_URL_PATTERN,
+    IMAGE_DETAILS,
     MAX_ID_CHARS,
     MAX_MESSAGES,
     MAX_NESTING,
     MAX_QUERY_INT,
+    PART_TYPES,
 )
 from actors.model import JobStatus, NotificationType
 
@@ -105,17 +111,71 @@ _USER_KEY = {
     "in": "header",
     "required": False,
     "schema": {"type": "string"},
-    "description": "Your own upstream key, if the server allows it (else 403).",
+    "description": "Your own upstream key (an `Authorization: Bearer` value that is not a "
+    "JWT counts too), used if the server allows user keys or has none of its own; else "
+    "`/v1` answers 403 and the seed route uses the server's key.",
 }
 _AUTH_ERRORS = {"401": _error("Missing, expired or invalid bearer token.")}
 _JOB_STATUSES = [status.value for status in JobStatus]
-_CONTENT = {"type": "string", "maxLength": MAX_CONTENT_CHARS}
+_SETTINGS = attrs.fields(ServiceConfig)
+_CHAT_BODY_LIMIT = (
+    "The body is larger than the server's `max_chat_body_bytes` "
+    f"({_SETTINGS.max_chat_body_bytes.default} bytes by default)."
+)
+_BODY_LIMIT = (
+    "The body is larger than the server's `max_body_bytes` "
+    f"({_SETTINGS.max_body_bytes.default} bytes by default)."
+)
+_CONTENT = {"type": "string", "description": "Bounded only by the body limit."}
+
+
+def _part(kind: str, field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A content part ``{"type": kind, field: ...}``; other keys pass upstream as they are."""
+    return {
+        "type": "object",
+        "required": ["type", field],
+        "properties": {"type": {"const": kind}, field: schema},
+    }
+
+
+_PARTS = {
+    "text": _part("text", "text", {"type": "string"}),
+    "image_url": _part(
+        "image_url",
+        "image_url",
+        {
+            "type": "object",
+            "required": ["url"],
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "description": "An http(s) URL, or the image as a base64 data URL.",
+                    "anyOf": [{"pattern": HTTP_URL_PATTERN}, {"pattern": DATA_URL_PATTERN}],
+                },
+                "detail": {"enum": list(IMAGE_DETAILS)},
+            },
+        },
+    ),
+    "file": _part(
+        "file",
+        "file",
+        {
+            "type": "object",
+            "required": ["filename", "file_data"],
+            "properties": {
+                "filename": {"type": "string"},
+                "file_data": {"type": "string", "pattern": DATA_URL_PATTERN},
+            },
+        },
+    ),
+}
 _CONTENT_PARTS = {
     "type": "array",
     "description": (
-        f"Content parts, passed upstream as they are: at most {MAX_CONTENT_CHARS} characters "
-        f"as JSON, nested at most {MAX_NESTING} levels."
+        "Content parts (text, images, files as base64 data URLs), passed upstream as they "
+        f"are; bounded only by the body limit, nested at most {MAX_NESTING} levels."
     ),
+    "items": {"oneOf": [_PARTS[kind] for kind in PART_TYPES]},
 }
 _MESSAGE_EXTRAS = {
     "name": _NULLABLE_STRING,
@@ -231,6 +291,32 @@ _SCHEMAS: dict[str, Any] = {
             },
             "reasoning": {"type": "string", "description": "Reasoning from `reasoning_offset` on."},
             "reasoning_length": {"type": "integer"},
+            "tool_calls": {
+                "type": "array",
+                "description": "Whole tool calls, their streamed fragments joined; set when "
+                "the job ends (an aborted job may have none).",
+                "items": _object(
+                    {
+                        "id": {"type": "string"},
+                        "type": {"type": "string"},
+                        "function": _object(
+                            {"name": {"type": "string"}, "arguments": {"type": "string"}}
+                        ),
+                    }
+                ),
+            },
+            "images": {
+                "type": "array",
+                "description": "Images the model made, as the upstream sent them "
+                '(`{"type": "image_url", "image_url": {"url": "data:..."}}`); set when '
+                "the job ends.",
+                "items": {"type": "object"},
+            },
+            "foreground": {
+                "type": "boolean",
+                "description": "Streamed straight through to its caller (the seed's foreground "
+                "path) and recorded here.",
+            },
         }
     ),
     "Notification": _object(
@@ -268,28 +354,6 @@ _SCHEMAS: dict[str, Any] = {
             "last_seq": _INTEGER,
         }
     ),
-    "SeedChunk": _object(
-        {
-            "id": {"type": "string"},
-            "object": {"const": "chat.completion.chunk"},
-            "model": {"type": "string"},
-            "choices": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "index": _INTEGER,
-                        "delta": _object(
-                            {"content": {"type": "string"}, "reasoning": {"type": "string"}},
-                            required=[],
-                        ),
-                        "finish_reason": {"enum": [None, "error"]},
-                    }
-                ),
-            },
-            "error": _object({"code": {"type": "string"}, "message": {"type": "string"}}),
-        },
-        required=["id", "object", "model", "choices"],
-    ),
     "SeedJobStatus": _object(
         {
             "id": {"type": "string"},
@@ -299,10 +363,23 @@ _SCHEMAS: dict[str, Any] = {
             "model": {"type": "string"},
             "chunksReceived": {"type": "integer"},
             "startedAt": {"type": "integer", "description": "Epoch milliseconds."},
-            "completedAt": {"type": ["integer", "null"], "description": "Epoch milliseconds."},
-            "error": _NULLABLE_STRING,
+            "completedAt": {
+                "type": "integer",
+                "description": "Epoch milliseconds; absent until the job ends.",
+            },
+            "error": {"type": "string", "description": "Absent unless the job failed."},
             "content": {"type": "string"},
-        }
+        },
+        required=[
+            "id",
+            "status",
+            "threadId",
+            "messageId",
+            "model",
+            "chunksReceived",
+            "startedAt",
+            "content",
+        ],
     ),
 }
 
@@ -329,7 +406,7 @@ _PATHS: dict[str, Any] = {
                 "400": _error("The body is not JSON."),
                 **_AUTH_ERRORS,
                 "403": _error("Per-request API keys are not allowed."),
-                "413": _error("The body is too large."),
+                "413": _error(_CHAT_BODY_LIMIT),
                 "422": _error("The body is JSON but not a valid request."),
                 "429": _error("You run as many jobs as allowed per user."),
                 "503": {
@@ -510,7 +587,7 @@ _PATHS: dict[str, Any] = {
                 "400": _error("The body is not JSON."),
                 **_AUTH_ERRORS,
                 "404": _error("No route: a thread id with `/` has no mute URL."),
-                "413": _error("The body is too large."),
+                "413": _error(_BODY_LIMIT),
                 "422": _error("Bad body, or a blank or too long thread id."),
             },
         }
@@ -530,8 +607,10 @@ _PATHS: dict[str, Any] = {
             "summary": "Seed-compatible chat stream",
             "description": (
                 "With `_background: true`, `_threadId` and `_messageId` it starts a job and "
-                "answers `{jobId, status}`; without, it streams OpenAI chunks (the job is still "
-                "recorded; see `X-Job-Id`). Errors are `{error: string}`."
+                "answers `{jobId, status}`; without, it passes the upstream's answer through: "
+                "its Server-Sent Events byte for byte, or its own error status and body (the "
+                "first 2000 characters). The job is still recorded; see `X-Job-Id`. The "
+                "service's own errors are `{error: string}`."
             ),
             "parameters": [_USER_KEY],
             "requestBody": {
@@ -549,19 +628,15 @@ _PATHS: dict[str, Any] = {
                         },
                         "text/event-stream": {
                             "schema": {
+                                "description": "One of the upstream's events, unchanged.",
                                 "type": "object",
                                 "required": ["data"],
                                 "properties": {
-                                    "event": {"const": "message"},
+                                    "event": {"type": "string"},
                                     "data": {
-                                        "anyOf": [
-                                            {"const": "[DONE]"},
-                                            {
-                                                "type": "string",
-                                                "contentMediaType": "application/json",
-                                                "contentSchema": _ref("SeedChunk"),
-                                            },
-                                        ]
+                                        "type": "string",
+                                        "description": "An OpenAI chat-completion chunk as "
+                                        "JSON, or `[DONE]`.",
                                     },
                                 },
                             }
@@ -569,13 +644,18 @@ _PATHS: dict[str, Any] = {
                     },
                 },
                 "400": _seed_error(
-                    "Not JSON, no model or messages, or no `_threadId` or "
-                    "`_messageId` for a background job."
+                    "Not JSON, no model or messages, a bad message or content part (the "
+                    "message names the field), or no `_threadId` or `_messageId` for a "
+                    "background job."
                 ),
-                "401": _seed_error("Unauthorized."),
-                "403": _seed_error("Per-request API keys are not allowed."),
-                "413": _seed_error("The body is too large."),
+                "401": _seed_error(
+                    "`Authentication required for background streaming`, or `Missing "
+                    "OpenRouter API key` when neither the server nor the request has one. "
+                    "A user's key the server does not allow is ignored for the server's own."
+                ),
+                "413": _seed_error(_CHAT_BODY_LIMIT),
                 "429": _seed_error("Too many background jobs of yours."),
+                "502": _seed_error("Failed to reach OpenRouter (the upstream did not answer)."),
                 "503": _seed_error("Server busy, try again later."),
             },
         }
@@ -586,7 +666,7 @@ _PATHS: dict[str, Any] = {
             "parameters": [_JOB_ID],
             "responses": {
                 "200": _json(_ref("SeedJobStatus"), "The job."),
-                "401": _seed_error("Unauthorized."),
+                "401": _seed_error("`Authentication required`."),
                 "404": _seed_error("Job not found or unauthorized."),
             },
         }
@@ -603,7 +683,10 @@ _PATHS: dict[str, Any] = {
                     ),
                     "`{aborted: true}` or `{aborted: false, message}`.",
                 ),
-                "401": _seed_error("Unauthorized."),
+                "401": _json(
+                    _object({"error": {"type": "string"}, "aborted": {"const": False}}),
+                    '`{error: "Authentication required", aborted: false}`.',
+                ),
             },
         }
     },

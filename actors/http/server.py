@@ -17,7 +17,7 @@ import trio
 
 from actors.config import ServiceConfig
 from actors.http.adapter import GetAddresses, HttpAdapter, StopServing
-from actors.http.auth import TokenAuthority, load_secret
+from actors.http.auth import TokenAuthority, build_auth, uses_dev_secret
 from actors.logs import configure_logging
 from actors.service import open_service
 from runtime import ActorRef
@@ -31,20 +31,24 @@ async def serve(
     config: ServiceConfig,
     *,
     stop: trio.Event | None = None,
-    on_ready: Callable[[list[str], TokenAuthority], None] | None = None,
+    on_ready: Callable[[list[str], TokenAuthority | None], None] | None = None,
     keepalive: float = 15.0,
 ) -> None:
     """Serve until ``stop`` is set, or until SIGINT/SIGTERM when ``stop`` is None.
 
-    ``on_ready(addresses, tokens)`` is called once the server listens.
-    ``keepalive`` is the interval, in seconds, of the comment lines that keep
-    idle event streams open through proxies.
+    ``on_ready(addresses, tokens)`` is called once the server listens; ``tokens``
+    mints tokens the server accepts, or is None when the server checks them with an
+    auth provider's keys or trusts a gateway's headers. ``keepalive`` is the
+    interval, in seconds, of the comment lines that keep idle event streams open
+    through proxies. Raises :class:`~actors.config.ConfigError` for an unusable
+    ``jwt_public_key``.
     """
-    tokens = TokenAuthority(load_secret(config))
+    auth, tokens = build_auth(config)
+    _log_settings(config)
     async with open_service(config) as service:
         adapter: ActorRef = await service.system.spawn(
             functools.partial(
-                HttpAdapter, service, tokens, config.host, config.port, keepalive=keepalive
+                HttpAdapter, service, auth, config.host, config.port, keepalive=keepalive
             ),
             name="http",
         )
@@ -61,13 +65,53 @@ async def serve(
         await adapter.ask(StopServing(), timeout=None)
 
 
-def _announce(config: ServiceConfig) -> Callable[[list[str], TokenAuthority], None]:
-    def announce(addresses: list[str], tokens: TokenAuthority) -> None:
+def _upstream_summary(config: ServiceConfig) -> str:
+    """Where answers come from, and whose key pays for them."""
+    if config.upstream == "simulated":
+        return (
+            "simulated model (answers are made up locally; set upstream_api_key"
+            " or upstream_base_url for a real upstream)"
+        )
+    if config.upstream_api_key is None:
+        return (
+            f"{config.upstream_base_url} with no server key:"
+            " each request must bring its user's own key"
+        )
+    users = ", or a user's own" if config.allow_user_api_keys else ""
+    return f"{config.upstream_base_url} with the server's key{users}"
+
+
+def _auth_summary(config: ServiceConfig) -> str:
+    """How callers are identified."""
+    if config.auth_mode == "trusted_headers":
+        proxies = ", ".join(config.trusted_proxies)
+        return f"{config.trusted_user_header} header from {proxies}"
+    source = config.jwt_jwks_url or (
+        "jwt_public_key" if config.jwt_public_key is not None else "jwt_secret"
+    )
+    if uses_dev_secret(config):
+        source = f"the development secret in {config.data_dir}"
+    cookie = f" or the {config.jwt_cookie} cookie" if config.jwt_cookie is not None else ""
+    return f"JWT ({', '.join(config.token_algorithms)}, {source}) as Bearer{cookie}"
+
+
+def _log_settings(config: ServiceConfig) -> None:
+    """Say once, in the log, the settings an operator must not miss."""
+    (log.warning if config.upstream == "simulated" else log.info)(
+        "upstream", summary=_upstream_summary(config)
+    )
+    (log.warning if uses_dev_secret(config) else log.info)("auth", summary=_auth_summary(config))
+
+
+def _announce(config: ServiceConfig) -> Callable[[list[str], TokenAuthority | None], None]:
+    def announce(addresses: list[str], tokens: TokenAuthority | None) -> None:
         out = sys.stdout
         for address in addresses:
             print(f"troupe listening on {address}", file=out)
-        print(f"store: {config.store} in {config.data_dir}; upstream: {config.upstream}", file=out)
-        if config.jwt_secret is None:
+        print(f"store: {config.store} in {config.data_dir}", file=out)
+        print(f"upstream: {_upstream_summary(config)}", file=out)
+        print(f"auth: {_auth_summary(config)}", file=out)
+        if tokens is not None and uses_dev_secret(config):
             token = tokens.mint("dev", "dev", ttl=7 * 24 * 3600)
             print("development token (user dev, workspace dev, valid 7 days):", file=out)
             print(token, file=out)

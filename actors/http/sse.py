@@ -30,7 +30,7 @@ from actors.http.request_context import DIRECT_SEND
 from actors.http.schemas import delta_json, job_json, status_json
 from actors.jobs.following import JobFollower
 
-__all__ = ["KEEPALIVE", "JobEventStream", "encode_event"]
+__all__ = ["KEEPALIVE", "JobEventStream", "encode_event", "raise_single"]
 
 KEEPALIVE = b": keep-alive\n\n"
 """The comment sent on an idle stream, so that proxies do not drop it."""
@@ -95,7 +95,7 @@ class JobEventStream(Response):
                     finally:
                         nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
-                _raise_single(group)
+                raise_single(group)
         finally:
             self._follower.close()
         if not self._disconnected:
@@ -173,7 +173,7 @@ class JobEventStream(Response):
                 return
 
 
-def _raise_single(group: BaseExceptionGroup[BaseException]) -> None:
+def raise_single(group: BaseExceptionGroup[BaseException]) -> None:
     """Re-raise the one error of a task group on its own, as Starlette's streaming
     responses do, so that the layers above see the error and not a group."""
     error: BaseException = group

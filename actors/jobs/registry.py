@@ -23,20 +23,24 @@ from typing import Any
 
 import attrs
 import structlog
+import trio
 
 from actors.api import ChatRequest, StatusEvent
 from actors.dependencies import NOTIFIER, PERSISTER, STREAMS, ServiceDependencies
-from actors.errors import ServerBusy, ServiceError, TooManyJobs
+from actors.errors import ForegroundBusy, ServerBusy, ServiceError, TooManyJobs
 from actors.jobs.log import JobLog
+from actors.jobs.passthrough import Passthrough
 from actors.jobs.stream import StreamActor
 from actors.messages import (
     AbortJob,
     BeginDrain,
     CreateJob,
     FollowJob,
+    ForegroundStarted,
     GetLog,
     InterruptAll,
     JobFinished,
+    JobPolled,
     StreamFailed,
     StreamFinished,
     StreamOpened,
@@ -86,6 +90,8 @@ class _Running:
     job: Job
     log: JobLog
     stream: ActorRef | None = None
+    # When its owner last polled it, on trio's clock.
+    polled_at: float | None = None
 
 
 class JobRegistry(Actor):
@@ -130,7 +136,7 @@ class JobRegistry(Actor):
         match message:
             case StreamOpened(job_id, generation_id):
                 await self._on_opened(job_id, generation_id)
-            case StreamFinished(job_id, finish_reason, usage, generation_id):
+            case StreamFinished(job_id, finish_reason, usage, generation_id, tool_calls, images):
                 running = self._running.get(job_id)
                 if running is not None:
                     self._release_stream(running)
@@ -140,20 +146,26 @@ class JobRegistry(Actor):
                         finish_reason=finish_reason,
                         usage=usage,
                         generation_id=generation_id,
+                        tool_calls=tool_calls,
+                        images=images,
                     )
-            case StreamFailed(job_id, error):
+            case StreamFailed(job_id, error, tool_calls, images):
                 running = self._running.get(job_id)
                 if running is not None:
                     self._release_stream(running)
-                    await self._finish(running, JobStatus.ERROR, error=error)
+                    await self._finish(
+                        running, JobStatus.ERROR, error=error, tool_calls=tool_calls, images=images
+                    )
             case Terminated(ref, reason, error):
                 await self._on_stream_stopped(ref, reason, error)
-            case CreateJob(owner, request):
-                return await self._create(owner, request)
+            case CreateJob(owner, request, foreground):
+                return await self._create(owner, request, foreground)
             case AbortJob(owner, job_id):
                 return await self._abort(owner, job_id)
             case FollowJob(owner, job_id):
                 return await self._follow(owner, job_id)
+            case JobPolled(job_id):
+                self._on_polled(job_id)
             case Sweep():
                 return await self._sweep()
             case _CheckOrphans():
@@ -169,22 +181,16 @@ class JobRegistry(Actor):
 
     # -- the owner's requests ----------------------------------------------------
 
-    async def _create(self, owner: Owner, request: ChatRequest) -> Job | ServiceError:
+    async def _create(
+        self, owner: Owner, request: ChatRequest, foreground: bool
+    ) -> Job | ForegroundStarted | ServiceError:
         # A refusal is returned as the reply, never raised: a handler that
         # raises crashes this actor, and the caller would get ActorCrashed.
         if self._draining:
             return ServerBusy("the service is shutting down")
-        if len(self._running) >= self._config.max_concurrent_jobs:
-            return ServerBusy(
-                f"{self._config.max_concurrent_jobs} jobs are running, the most this server runs"
-            )
-        # Per user, across workspaces: switching workspace does not lift the cap.
-        mine = sum(1 for r in self._running.values() if r.job.user_id == owner.user_id)
-        if mine >= self._config.max_jobs_per_user:
-            return TooManyJobs(
-                f"you already run {mine} jobs, the most allowed per user; "
-                "wait for one to finish or abort one"
-            )
+        refusal = self._at_cap(owner, foreground)
+        if refusal is not None:
+            return refusal
         job = Job(
             id=self._deps.new_id(),
             user_id=owner.user_id,
@@ -194,6 +200,7 @@ class JobRegistry(Actor):
             model=request.model,
             status=JobStatus.QUEUED,
             started_at=self._deps.clock.now(),
+            foreground=foreground,
         )
         await self._store.create_job(job)
         job_log = self._new_log(job)
@@ -205,11 +212,13 @@ class JobRegistry(Actor):
             messages=request.messages,
             params=request.params,
             api_key=request.api_key,
+            passthrough=foreground,
         )
+        passthrough = Passthrough() if foreground else None
         spec = ChildSpec(
             job.id,
             functools.partial(
-                StreamActor, self._deps, job_log, upstream_request, self.context.self
+                StreamActor, self._deps, job_log, upstream_request, self.context.self, passthrough
             ),
             restart=Restart.TEMPORARY,
         )
@@ -225,7 +234,31 @@ class JobRegistry(Actor):
             await self._finish(running, JobStatus.ERROR, error=f"could not start: {error}")
             raise
         self.context.watch(running.stream)
-        return job
+        return job if passthrough is None else ForegroundStarted(job, passthrough)
+
+    def _at_cap(self, owner: Owner, foreground: bool) -> ServiceError | None:
+        """The refusal of a new job at its caps, or None: a foreground job counts
+        against the foreground cap only, a background job against the others only."""
+        jobs = [r.job for r in self._running.values() if r.job.foreground == foreground]
+        if foreground:
+            if len(jobs) >= self._config.max_foreground_streams:
+                return ForegroundBusy(
+                    f"{self._config.max_foreground_streams} foreground streams are open, "
+                    "the most this server serves"
+                )
+            return None
+        if len(jobs) >= self._config.max_concurrent_jobs:
+            return ServerBusy(
+                f"{self._config.max_concurrent_jobs} jobs are running, the most this server runs"
+            )
+        # Per user, across workspaces: switching workspace does not lift the cap.
+        mine = sum(1 for job in jobs if job.user_id == owner.user_id)
+        if mine >= self._config.max_jobs_per_user:
+            return TooManyJobs(
+                f"you already run {mine} jobs, the most allowed per user; "
+                "wait for one to finish or abort one"
+            )
+        return None
 
     async def _abort(self, owner: Owner, job_id: str) -> bool:
         running = self._running.get(job_id)
@@ -247,6 +280,19 @@ class JobRegistry(Actor):
         if job is None:
             return None
         return Subscription(job, running.log)
+
+    def _on_polled(self, job_id: str) -> None:
+        running = self._running.get(job_id)
+        if running is not None:
+            running.polled_at = trio.current_time()
+
+    def _watched(self, running: _Running) -> bool:
+        """Whether someone watches the job: a live follower, or its owner's poll
+        less than ``watch_window`` seconds ago."""
+        if running.log.watchers > 0:
+            return True
+        polled_at = running.polled_at
+        return polled_at is not None and trio.current_time() - polled_at < self._config.watch_window
 
     # -- reports from the streams ----------------------------------------------
 
@@ -338,12 +384,18 @@ class JobRegistry(Actor):
         finish_reason: str | None = None,
         usage: Usage | None = None,
         generation_id: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        images: list[dict[str, Any]] | None = None,
     ) -> None:
         """Record a terminal status, have the notifier decide, and end the log.
 
         The stored job ends with every delta its log received by then; the log
         closes at the stored seq, so no follower ever sees a delta the store
-        does not keep, and every follower gets all of them.
+        does not keep, and every follower gets all of them. ``tool_calls`` and
+        ``images`` come with the stream's own report: a job ended otherwise
+        (aborted, timed out, interrupted) loses what its stream had of them.
+        A foreground job counts as watched (its caller saw it end), so it gets
+        no notification, only its webhook job event.
         """
         del self._running[running.job.id]
         self._stop_stream_soon(running)
@@ -355,6 +407,8 @@ class JobRegistry(Actor):
             finish_reason=finish_reason,
             usage=usage,
             generation_id=generation_id or running.job.generation_id,
+            tool_calls=tool_calls or [],
+            images=images or [],
         )
         # A stopped stream may leave deltas the persister has not taken yet:
         # store them now, after whatever it has in flight, so the job keeps
@@ -362,11 +416,12 @@ class JobRegistry(Actor):
         pending = running.log.take_pending()
         if pending:
             await self._store.append_deltas(job.id, pending)
-        watched = running.log.watchers > 0
-        if status in (JobStatus.COMPLETE, JobStatus.ERROR):
-            # Before the status is stored: whoever sees the job ended finds its
-            # notification too.
-            await self._notify_soon(job, watched)
+        # A foreground job's caller saw it end on its own stream.
+        watched = job.foreground or self._watched(running)
+        # Every terminal status: the notifier decides on a notification and
+        # webhooks. Before the status is stored: whoever sees the job ended
+        # finds its notification too.
+        await self._notify_soon(job, watched)
         await self._store.update_job(job)
         stored = await self._store.get_job(job.id)
         last_seq = stored.last_seq if stored is not None else running.log.persisted_seq

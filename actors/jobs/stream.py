@@ -9,6 +9,11 @@ is stored, then reports the outcome to the registry.
 
 Stopping the actor (abort, timeout, shutdown) cancels the upstream call, which
 closes the HTTP response.
+
+A foreground job's stream also hands the upstream's answer, its head and its
+body's bytes, to the job's :class:`~actors.jobs.passthrough.Passthrough`,
+waiting for room there: the caller's reading paces the upstream read. Tool
+calls and images are kept beside the log and reported with the outcome.
 """
 
 from __future__ import annotations
@@ -20,17 +25,21 @@ import trio
 
 from actors.dependencies import ServiceDependencies
 from actors.jobs.log import JobLog
+from actors.jobs.passthrough import Passthrough
 from actors.messages import GetLog, StreamFailed, StreamFinished, StreamOpened
 from actors.upstream import (
-    StreamOpened as UpstreamOpened,
-)
-from actors.upstream import (
+    ExtrasDelta,
+    RawBytes,
     TextDelta,
     UpstreamError,
     UpstreamEvent,
     UpstreamRequest,
+    merge_tool_calls,
 )
-from runtime import Actor, ActorCrashed, ActorRef, ActorStopped
+from actors.upstream import (
+    StreamOpened as UpstreamOpened,
+)
+from runtime import Actor, ActorCrashed, ActorRef, ActorStopped, ExitReason
 
 __all__ = ["StreamActor"]
 
@@ -40,24 +49,36 @@ _REPORT_ATTEMPTS = 3
 
 
 class StreamActor(Actor):
+    """Streams one job; with a ``passthrough``, the job is a foreground one (see the
+    module docs). The passthrough ends however the actor stops."""
+
     def __init__(
         self,
         deps: ServiceDependencies,
         job_log: JobLog,
         request: UpstreamRequest,
         registry: ActorRef,
+        passthrough: Passthrough | None = None,
     ) -> None:
         self._deps = deps
         self._log = job_log
         self._job_id = job_log.job_id
         self._request = request
         self._registry = registry
+        self._passthrough = passthrough
         self._generation_id: str | None = None
         # When the upstream call began, until its first token came.
         self._requested_at: float | None = None
+        # Merged once, for the report: a fragment costs an append until then.
+        self._tool_fragments: list[dict[str, Any]] = []
+        self._images: list[dict[str, Any]] = []
 
     async def on_start(self) -> None:
         self.context.start_task(self._stream)
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        if self._passthrough is not None:
+            self._passthrough.close()
 
     async def handle(self, message: Any) -> Any:
         if isinstance(message, GetLog):
@@ -66,20 +87,29 @@ class StreamActor(Actor):
 
     async def _stream(self) -> None:
         final: StreamFinished | StreamFailed
+        failure: UpstreamError | None = None
         self._requested_at = trio.current_time()
         try:
             result = await self._deps.upstream.stream(self._request, self._on_event)
         except UpstreamError as error:
             log.info("upstream failed", job_id=self._job_id, code=error.code)
             self._deps.metrics.upstream_errors.labels(error.code).inc()
-            final = StreamFailed(self._job_id, str(error))
+            failure = error
+            final = StreamFailed(
+                self._job_id, str(error), merge_tool_calls(self._tool_fragments), self._images
+            )
         else:
             final = StreamFinished(
                 self._job_id,
                 result.finish_reason,
                 result.usage,
                 result.generation_id or self._generation_id,
+                merge_tool_calls(self._tool_fragments),
+                self._images,
             )
+        if self._passthrough is not None:
+            # The caller's answer ends with the upstream's, not after our bookkeeping.
+            self._passthrough.close(failure)
         # The outcome counts once the text it ends is stored.
         await self._log.flushed()
         await self._report(final)
@@ -115,7 +145,15 @@ class StreamActor(Actor):
                     # The job ended (aborted, timed out): stop reading.
                     self.context.stop()
                     await trio.sleep_forever()
+        elif isinstance(event, RawBytes):
+            if self._passthrough is not None:
+                await self._passthrough.send(event.data)
+        elif isinstance(event, ExtrasDelta):
+            self._tool_fragments += event.tool_calls
+            self._images += event.images
         elif isinstance(event, UpstreamOpened):
             if self._generation_id is None or event.generation_id:
                 self._generation_id = event.generation_id
+            if self._passthrough is not None:
+                self._passthrough.open()
             await self._registry.tell(StreamOpened(self._job_id, event.generation_id))

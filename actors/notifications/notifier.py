@@ -4,17 +4,23 @@ A job that ends ``complete`` or ``error`` gets exactly one notification,
 unless a follower was watching it at that moment or its thread is muted. The
 store keeps at most one notification per job, so a retried ``JobFinished``
 (after a crash of this actor) cannot notify twice.
+
+With ``webhook_url`` set, every job end it hears of (aborted too) is also queued as a
+webhook event, with the notification's own event when there is one, in the same
+store write as the notification; then the :class:`~actors.notifications.webhooks.WebhookSender`
+is woken to deliver them. Nothing here waits for a delivery.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Any
 
 import structlog
 import trio
 
-from actors.dependencies import ServiceDependencies
+from actors.dependencies import WEBHOOKS, ServiceDependencies
 from actors.messages import (
     DeleteNotification,
     FollowNotifications,
@@ -23,6 +29,7 @@ from actors.messages import (
     MarkAllRead,
     MarkRead,
     MuteThread,
+    WebhooksQueued,
 )
 from actors.model import (
     Job,
@@ -31,8 +38,10 @@ from actors.model import (
     NotificationAction,
     NotificationType,
     Owner,
+    WebhookEvent,
 )
-from runtime import Actor, ExitReason
+from actors.notifications.webhooks import job_event, notification_event
+from runtime import Actor, ActorStopped, ExitReason, MailboxFull
 
 __all__ = ["Notifier", "notification_for"]
 
@@ -106,16 +115,51 @@ class Notifier(Actor):
         self.unhandled(message)
 
     async def _on_job_finished(self, job: Job, watched: bool) -> Notification | None:
+        notification = await self._decide(job, watched)
+        events = await self._webhook_events(job, notification)
+        if notification is None:
+            if events:
+                await self._store.enqueue_webhooks(events)
+        elif not await self._store.add_notification(notification, events):
+            # An earlier try stored the job's notification, and its events with it.
+            notification = None
+        if events:
+            self._wake_webhooks()
+        if notification is not None:
+            log.info("notified", job_id=job.id, type=notification.type.value)
+            self._push(notification)
+        return notification
+
+    async def _decide(self, job: Job, watched: bool) -> Notification | None:
+        """The notification ``job``'s end calls for, or None."""
         if watched or job.status not in (JobStatus.COMPLETE, JobStatus.ERROR):
             return None
         if await self._store.is_thread_muted(job.owner, job.thread_id):
             return None
-        notification = notification_for(job, self._deps.new_id(), self._deps.clock.now())
-        if notification is None or not await self._store.add_notification(notification):
-            return None
-        log.info("notified", job_id=job.id, type=notification.type.value)
-        self._push(notification)
-        return notification
+        return notification_for(job, self._deps.new_id(), self._deps.clock.now())
+
+    async def _webhook_events(
+        self, job: Job, notification: Notification | None
+    ) -> list[WebhookEvent]:
+        """The webhook events of ``job``'s end: its notification's, if any, and its
+        status's; none without ``webhook_url``."""
+        if self._deps.config.webhook_url is None:
+            return []
+        now = self._deps.clock.now()
+        # The registry's record of a job has no output; the store has all of it.
+        stored = await self._store.get_job(job.id)
+        events = [job_event(job, 0 if stored is None else len(stored.content), now)]
+        if notification is not None:
+            events.insert(0, notification_event(notification, job.message_id, now))
+        return events
+
+    def _wake_webhooks(self) -> None:
+        sender = self.context.system.lookup(WEBHOOKS)
+        # A full mailbox holds a wake already; a sender that is not running reads
+        # the outbox when it starts.
+        if sender is not None:
+            with contextlib.suppress(MailboxFull, ActorStopped):
+                sender.tell_nowait(WebhooksQueued())
 
     def _push(self, notification: Notification) -> None:
         owner = Owner(notification.user_id, notification.workspace_id)

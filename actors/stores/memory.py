@@ -1,4 +1,5 @@
-"""The in-memory store: jobs, deltas and notifications in dicts, lost at exit.
+"""The in-memory store: jobs, deltas, notifications and the webhook outbox in
+dicts, lost at exit.
 
 Every method checkpoints once, first, and then does all of its work without
 awaiting. trio switches tasks only at checkpoints, so each operation is atomic
@@ -14,9 +15,18 @@ from datetime import datetime
 import attrs
 import trio
 
-from actors.model import TERMINAL_STATUSES, Delta, Job, JobStatus, Notification, Owner
+from actors.model import (
+    TERMINAL_STATUSES,
+    Delta,
+    Job,
+    JobStatus,
+    Notification,
+    Owner,
+    WebhookEvent,
+)
 from actors.stores.protocol import (
     JobSummary,
+    OutboxSummary,
     StoreError,
     as_utc,
     check_batches,
@@ -36,6 +46,8 @@ class MemoryStore:
         self._notifications: dict[str, Notification] = {}
         self._notification_by_job: dict[str, str] = {}
         self._muted: set[tuple[str, str, str]] = set()
+        self._outbox: dict[str, WebhookEvent] = {}
+        self._disabled_endpoints: dict[str, datetime] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -115,6 +127,8 @@ class MemoryStore:
             usage=job.usage,
             generation_id=job.generation_id,
             model=job.model,
+            tool_calls=job.tool_calls,
+            images=job.images,
         )
         return True
 
@@ -157,7 +171,9 @@ class MemoryStore:
 
     # -- notifications ------------------------------------------------------
 
-    async def add_notification(self, n: Notification) -> bool:
+    async def add_notification(
+        self, n: Notification, webhooks: Sequence[WebhookEvent] = ()
+    ) -> bool:
         """See :meth:`NotificationStore.add_notification`."""
         await self._enter()
         n = attrs.evolve(
@@ -165,12 +181,14 @@ class MemoryStore:
             created_at=as_utc(n.created_at, "created_at"),
             read_at=_optional_utc(n.read_at, "read_at"),
         )
+        events = [_event_in_utc(event) for event in webhooks]
         if n.job_id in self._notification_by_job:
             return False
         if n.id in self._notifications:
             raise StoreError(f"notification {n.id!r} already exists")
         self._notifications[n.id] = n
         self._notification_by_job[n.job_id] = n.id
+        self._queue(events)
         return True
 
     async def list_notifications(
@@ -237,6 +255,86 @@ class MemoryStore:
         await self._enter()
         return (owner.user_id, owner.workspace_id, thread_id) in self._muted
 
+    # -- webhook outbox -----------------------------------------------------
+
+    async def enqueue_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        """See :meth:`WebhookOutbox.enqueue_webhooks`."""
+        await self._enter()
+        self._queue([_event_in_utc(event) for event in events])
+
+    async def take_due_webhooks(
+        self, now: datetime, limit: int, lease_until: datetime
+    ) -> list[WebhookEvent]:
+        """See :meth:`WebhookOutbox.take_due_webhooks`."""
+        await self._enter()
+        now = as_utc(now, "now")
+        lease_until = as_utc(lease_until, "lease_until")
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        due = [event for event in self._outbox.values() if event.next_attempt_at <= now]
+        due.sort(key=lambda event: (event.next_attempt_at, event.created_at, event.id))
+        taken = due[:limit]
+        for event in taken:
+            self._outbox[event.id] = attrs.evolve(event, next_attempt_at=lease_until)
+        return taken
+
+    async def reschedule_webhook(
+        self, event_id: str, attempts: int, next_attempt_at: datetime
+    ) -> bool:
+        """See :meth:`WebhookOutbox.reschedule_webhook`."""
+        await self._enter()
+        next_attempt_at = as_utc(next_attempt_at, "next_attempt_at")
+        event = self._outbox.get(event_id)
+        if event is None:
+            return False
+        self._outbox[event_id] = attrs.evolve(
+            event, attempts=attempts, next_attempt_at=next_attempt_at
+        )
+        return True
+
+    async def remove_webhook(self, event_id: str) -> bool:
+        """See :meth:`WebhookOutbox.remove_webhook`."""
+        await self._enter()
+        return self._outbox.pop(event_id, None) is not None
+
+    async def delete_webhooks_created_before(self, cutoff: datetime) -> list[str]:
+        """See :meth:`WebhookOutbox.delete_webhooks_created_before`."""
+        await self._enter()
+        cutoff = as_utc(cutoff, "cutoff")
+        expired = sorted(
+            (event for event in self._outbox.values() if event.created_at < cutoff),
+            key=lambda event: (event.created_at, event.id),
+        )
+        for event in expired:
+            del self._outbox[event.id]
+        return [event.id for event in expired]
+
+    async def webhook_outbox_summary(self) -> OutboxSummary:
+        """See :meth:`WebhookOutbox.webhook_outbox_summary`."""
+        await self._enter()
+        events = self._outbox.values()
+        if not events:
+            return OutboxSummary(0, None, None)
+        return OutboxSummary(
+            len(events),
+            min(event.next_attempt_at for event in events),
+            min(event.created_at for event in events),
+        )
+
+    async def disable_webhook_endpoint(self, url: str, at: datetime) -> None:
+        """See :meth:`WebhookOutbox.disable_webhook_endpoint`."""
+        await self._enter()
+        self._disabled_endpoints.setdefault(url, as_utc(at, "at"))
+
+    async def webhook_endpoint_disabled_at(self, url: str) -> datetime | None:
+        """See :meth:`WebhookOutbox.webhook_endpoint_disabled_at`."""
+        await self._enter()
+        return self._disabled_endpoints.get(url)
+
+    def _queue(self, events: list[WebhookEvent]) -> None:
+        for event in events:
+            self._outbox.setdefault(event.id, event)
+
     # -- lifecycle ----------------------------------------------------------
 
     async def ping(self) -> None:
@@ -251,6 +349,8 @@ class MemoryStore:
         self._notifications.clear()
         self._notification_by_job.clear()
         self._muted.clear()
+        self._outbox.clear()
+        self._disabled_endpoints.clear()
 
     def _owned(self, owner: Owner, status: JobStatus | None) -> list[_Entry]:
         """``owner``'s jobs, optionally only those in ``status``, newest first."""
@@ -314,6 +414,14 @@ def _owns(owner: Owner, n: Notification) -> bool:
 
 def _optional_utc(value: datetime | None, what: str) -> datetime | None:
     return None if value is None else as_utc(value, what)
+
+
+def _event_in_utc(event: WebhookEvent) -> WebhookEvent:
+    return attrs.evolve(
+        event,
+        created_at=as_utc(event.created_at, "created_at"),
+        next_attempt_at=as_utc(event.next_attempt_at, "next_attempt_at"),
+    )
 
 
 def _job_in_utc(job: Job) -> Job:

@@ -142,6 +142,35 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         step=_split_running_output,
     ),
+    Migration(
+        version=3,
+        statements=(
+            # A job's tool calls and images as JSON arrays; foreground is 0 or 1.
+            "ALTER TABLE jobs ADD COLUMN tool_calls TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE jobs ADD COLUMN images TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE jobs ADD COLUMN foreground INTEGER NOT NULL DEFAULT 0 "
+            "CHECK (foreground IN (0, 1))",
+            """
+            CREATE TABLE webhook_outbox (
+                id TEXT PRIMARY KEY,
+                type TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                body TEXT NOT NULL,
+                next_attempt_at TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0
+            ) STRICT
+            """,
+            "CREATE INDEX webhook_outbox_by_due "
+            "ON webhook_outbox (next_attempt_at, created_at, id)",
+            "CREATE INDEX webhook_outbox_by_age ON webhook_outbox (created_at)",
+            """
+            CREATE TABLE webhook_endpoints (
+                url TEXT PRIMARY KEY,
+                disabled_at TEXT NOT NULL
+            ) STRICT
+            """,
+        ),
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version

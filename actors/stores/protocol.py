@@ -1,9 +1,10 @@
-"""What a store promises: the job store, the notification store, and their error.
+"""What a store promises: the job store, the notification store, the webhook
+outbox, and their error.
 
-The job registry and the notifier are the only callers. The registry enforces the
-concurrency cap and terminal-state finality in memory; a store enforces finality
-again on its own (defence in depth), and every method is safe to call from
-several trio tasks at once.
+The job registry, the notifier and the webhook sender are the only callers.
+The registry enforces the concurrency cap and terminal-state finality in memory;
+a store enforces finality again on its own (defence in depth), and every method
+is safe to call from several trio tasks at once.
 
 Datetimes handed to a store must be timezone-aware (a naive one raises
 ValueError); a store hands back aware UTC datetimes for the same instants. Other
@@ -19,14 +20,16 @@ from typing import Protocol
 
 import attrs
 
-from actors.model import Delta, Job, JobStatus, Notification, Owner
+from actors.model import Delta, Job, JobStatus, Notification, Owner, WebhookEvent
 
 __all__ = [
     "JobStore",
     "JobSummary",
     "NotificationStore",
+    "OutboxSummary",
     "Store",
     "StoreError",
+    "WebhookOutbox",
     "as_utc",
     "check_batches",
     "check_delta_job",
@@ -63,7 +66,8 @@ class JobStore(Protocol):
     """
 
     async def create_job(self, job: Job) -> None:
-        """Insert ``job``. Raises :class:`StoreError` if a job with its id exists."""
+        """Insert ``job``, every field of it. Raises :class:`StoreError` if a job
+        with its id exists."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -109,15 +113,16 @@ class JobStore(Protocol):
 
     async def update_job(self, job: Job) -> bool:
         """Write ``job``'s status, error, completed_at, finish_reason, usage,
-        generation_id and model over the stored job with its id.
+        generation_id, model, tool_calls and images over the stored job with
+        its id.
 
         content, reasoning, chunks_received and last_seq are left alone: they
-        only grow through :meth:`append_many`. Making the job terminal fixes its
-        output as it is then (in the same write, so a reader sees the status and
-        the whole output together); later deltas are ignored. Returns False,
-        changing nothing, when the stored job is terminal or missing; True
-        otherwise. If cancelled, the write may still be committed; its result
-        is dropped.
+        only grow through :meth:`append_many`; foreground is fixed at creation.
+        Making the job terminal fixes its output as it is then (in the same
+        write, so a reader sees the status and the whole output together);
+        later deltas are ignored. Returns False, changing nothing, when the
+        stored job is terminal or missing; True otherwise. If cancelled, the
+        write may still be committed; its result is dropped.
         """
         ...
 
@@ -153,10 +158,16 @@ class JobStore(Protocol):
 class NotificationStore(Protocol):
     """Notifications and muted threads, always scoped by owner."""
 
-    async def add_notification(self, n: Notification) -> bool:
-        """Store ``n`` and return True; return False, storing nothing, if a
-        notification for the same ``job_id`` exists (one notification per job,
-        across restarts). Raises :class:`StoreError` if its id exists."""
+    async def add_notification(
+        self, n: Notification, webhooks: Sequence[WebhookEvent] = ()
+    ) -> bool:
+        """Store ``n`` and queue ``webhooks`` in the outbox (as
+        :meth:`WebhookOutbox.enqueue_webhooks` does), in one write, and return
+        True; return False, storing and queueing nothing, if a notification for
+        the same ``job_id`` exists (one notification per job, across restarts).
+        Raises :class:`StoreError` if its id exists. A crash keeps both the
+        notification and its events or neither. If cancelled, the write may
+        still be committed; its result is dropped."""
         ...
 
     async def list_notifications(
@@ -202,8 +213,80 @@ class NotificationStore(Protocol):
         ...
 
 
-class Store(JobStore, NotificationStore, Protocol):
-    """One backend serving both jobs and notifications; what the factory builds."""
+@attrs.frozen
+class OutboxSummary:
+    """The outbox at a glance: how many events wait, the earliest
+    ``next_attempt_at`` and the earliest ``created_at`` among them (both None
+    when it is empty)."""
+
+    depth: int
+    next_attempt_at: datetime | None
+    oldest_created_at: datetime | None
+
+
+class WebhookOutbox(Protocol):
+    """Webhook events waiting to be delivered, and the endpoints that asked for
+    no more (``410 Gone``).
+
+    An event stays queued until :meth:`remove_webhook` or
+    :meth:`delete_webhooks_created_before` takes it out; a persistent backend
+    keeps the queue and the disabled endpoints across restarts.
+    """
+
+    async def enqueue_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        """Queue ``events`` in one write. An event whose id is queued already is
+        skipped, so repeating an enqueue is harmless. If cancelled, the write may
+        still be committed; its result is dropped."""
+        ...
+
+    async def take_due_webhooks(
+        self, now: datetime, limit: int, lease_until: datetime
+    ) -> list[WebhookEvent]:
+        """Return at most ``limit`` queued events whose ``next_attempt_at`` is at
+        or before ``now``, earliest ``next_attempt_at`` first (then oldest
+        ``created_at``, then id), as they were; and in the same write set their
+        ``next_attempt_at`` to ``lease_until``.
+
+        The lease keeps an event being delivered from being taken again, and
+        makes it due again at ``lease_until`` if its delivery never settles (a
+        crash). Raises ValueError for a negative limit. If cancelled, the write
+        may still be committed; its result is dropped.
+        """
+        ...
+
+    async def reschedule_webhook(
+        self, event_id: str, attempts: int, next_attempt_at: datetime
+    ) -> bool:
+        """Record a failed attempt: set the queued event's ``attempts`` and
+        ``next_attempt_at``. Returns False, changing nothing, if it is not queued."""
+        ...
+
+    async def remove_webhook(self, event_id: str) -> bool:
+        """Take the event out of the outbox (delivered or given up); False if it
+        was not queued."""
+        ...
+
+    async def delete_webhooks_created_before(self, cutoff: datetime) -> list[str]:
+        """Take every event created before ``cutoff`` out of the outbox and
+        return their ids, oldest first."""
+        ...
+
+    async def webhook_outbox_summary(self) -> OutboxSummary:
+        """Return the :class:`OutboxSummary` of the queue as it is now."""
+        ...
+
+    async def disable_webhook_endpoint(self, url: str, at: datetime) -> None:
+        """Record that ``url`` answered ``410 Gone`` at ``at``. Idempotent: an
+        endpoint disabled already keeps its first time."""
+        ...
+
+    async def webhook_endpoint_disabled_at(self, url: str) -> datetime | None:
+        """Return when ``url`` was disabled, or None if it never was."""
+        ...
+
+
+class Store(JobStore, NotificationStore, WebhookOutbox, Protocol):
+    """One backend serving jobs, notifications and webhooks; what the factory builds."""
 
 
 def as_utc(value: datetime, what: str) -> datetime:

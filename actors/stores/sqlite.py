@@ -1,4 +1,5 @@
-"""The SQLite store: jobs, deltas and notifications in one WAL-mode database file.
+"""The SQLite store: jobs, deltas, notifications and the webhook outbox in one
+WAL-mode database file.
 
 Writes go to the single writer thread (:mod:`actors.stores.sqlite_writer`),
 which commits them in groups. Reads run in trio's worker threads on a separate
@@ -13,7 +14,8 @@ delta rows and a job's counters, never its growing text. The output's lengths
 are counters in the row, so listing jobs reads no output at all.
 
 Datetimes are stored as ISO 8601 text in UTC with microseconds, a fixed-width
-form whose text order is time order; usage and notification actions as JSON.
+form whose text order is time order; usage, a job's tool calls and images, and
+notification actions as JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import trio
 
 from actors import codec
@@ -38,10 +41,12 @@ from actors.model import (
     NotificationType,
     Owner,
     Usage,
+    WebhookEvent,
 )
 from actors.stores.migrations import migrate
 from actors.stores.protocol import (
     JobSummary,
+    OutboxSummary,
     StoreError,
     as_utc,
     check_batches,
@@ -57,6 +62,10 @@ _Actions = tuple[NotificationAction, ...]
 
 _NOTIFICATION_COLUMNS = (
     "id, user_id, workspace_id, thread_id, job_id, type, title, body, created_at, actions, read_at"
+)
+_WEBHOOK_COLUMNS = "id, type, created_at, body, next_attempt_at, attempts"
+_ENQUEUE_WEBHOOK = (
+    f"INSERT OR IGNORE INTO webhook_outbox ({_WEBHOOK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -76,7 +85,8 @@ def _job_columns(content: str, reasoning: str) -> str:
         "jobs.id, jobs.user_id, jobs.workspace_id, jobs.thread_id, jobs.message_id, "
         f"jobs.model, jobs.status, jobs.started_at, {content}, {reasoning}, "
         "jobs.chunks_received, jobs.last_seq, jobs.completed_at, jobs.error, "
-        "jobs.finish_reason, jobs.usage, jobs.generation_id"
+        "jobs.finish_reason, jobs.usage, jobs.generation_id, jobs.tool_calls, jobs.images, "
+        "jobs.foreground"
     )
 
 
@@ -106,7 +116,7 @@ def _output(column: str) -> str:
 _INSERT_COLUMNS = (
     "id, user_id, workspace_id, thread_id, message_id, model, status, started_at, content, "
     "reasoning, chunks_received, last_seq, completed_at, error, finish_reason, usage, "
-    "generation_id, content_length, reasoning_length"
+    "generation_id, tool_calls, images, foreground, content_length, reasoning_length"
 )
 _SELECT_JOB = f"SELECT {_job_columns(_output('content'), _output('reasoning'))} FROM jobs"
 _NO_OUTPUT = "''"
@@ -116,7 +126,7 @@ _SELECT_SUMMARY = (
 )
 _UPDATE_JOB = (
     "UPDATE jobs SET status = ?, error = ?, completed_at = ?, finish_reason = ?, "
-    "usage = ?, generation_id = ?, model = ?"
+    "usage = ?, generation_id = ?, model = ?, tool_calls = ?, images = ?"
 )
 # Reached once per job: the SET expressions see the row before the update, when
 # the job still runs and its output is the row's followed by its deltas'.
@@ -287,6 +297,8 @@ class SqliteStore:
             _usage_to_text(job.usage),
             job.generation_id,
             job.model,
+            _json_list_to_text(job.tool_calls),
+            _json_list_to_text(job.images),
             job.id,
         )
 
@@ -347,9 +359,12 @@ class SqliteStore:
 
     # -- notifications ------------------------------------------------------
 
-    async def add_notification(self, n: Notification) -> bool:
+    async def add_notification(
+        self, n: Notification, webhooks: Sequence[WebhookEvent] = ()
+    ) -> bool:
         """See :meth:`NotificationStore.add_notification`."""
         row = _notification_to_row(n)
+        event_rows = [_webhook_to_row(event) for event in webhooks]
 
         def insert(conn: sqlite3.Connection) -> bool:
             # Checked first, so re-adding the very same notification (same id,
@@ -367,6 +382,7 @@ class SqliteStore:
                 )
             except sqlite3.IntegrityError as exc:
                 raise StoreError(f"notification {n.id!r} already exists") from exc
+            conn.executemany(_ENQUEUE_WEBHOOK, event_rows)
             return True
 
         return await self._write(insert)
@@ -471,6 +487,113 @@ class SqliteStore:
                 (owner.user_id, owner.workspace_id, thread_id),
             ).fetchone()
             return row is not None
+
+        return await self._read(select)
+
+    # -- webhook outbox -----------------------------------------------------
+
+    async def enqueue_webhooks(self, events: Sequence[WebhookEvent]) -> None:
+        """See :meth:`WebhookOutbox.enqueue_webhooks`."""
+        rows = [_webhook_to_row(event) for event in events]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(_ENQUEUE_WEBHOOK, rows)
+
+        await self._write(insert)
+
+    async def take_due_webhooks(
+        self, now: datetime, limit: int, lease_until: datetime
+    ) -> list[WebhookEvent]:
+        """See :meth:`WebhookOutbox.take_due_webhooks`."""
+        now_text = _time_to_text(now, "now")
+        lease_text = _time_to_text(lease_until, "lease_until")
+        if limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+
+        def take(conn: sqlite3.Connection) -> list[WebhookEvent]:
+            taken = [
+                _row_to_webhook(row)
+                for row in conn.execute(
+                    f"SELECT {_WEBHOOK_COLUMNS} FROM webhook_outbox WHERE next_attempt_at <= ? "
+                    "ORDER BY next_attempt_at, created_at, id LIMIT ?",
+                    (now_text, limit),
+                )
+            ]
+            conn.executemany(
+                "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id = ?",
+                [(lease_text, event.id) for event in taken],
+            )
+            return taken
+
+        return await self._write(take)
+
+    async def reschedule_webhook(
+        self, event_id: str, attempts: int, next_attempt_at: datetime
+    ) -> bool:
+        """See :meth:`WebhookOutbox.reschedule_webhook`."""
+        params = (attempts, _time_to_text(next_attempt_at, "next_attempt_at"), event_id)
+
+        def update(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?", params
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(update)
+
+    async def remove_webhook(self, event_id: str) -> bool:
+        """See :meth:`WebhookOutbox.remove_webhook`."""
+
+        def delete(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute("DELETE FROM webhook_outbox WHERE id = ?", (event_id,)).rowcount == 1
+            )
+
+        return await self._write(delete)
+
+    async def delete_webhooks_created_before(self, cutoff: datetime) -> list[str]:
+        """See :meth:`WebhookOutbox.delete_webhooks_created_before`."""
+        cutoff_text = _time_to_text(cutoff, "cutoff")
+
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "DELETE FROM webhook_outbox WHERE created_at < ? RETURNING id, created_at",
+                (cutoff_text,),
+            ).fetchall()
+            return [event_id for event_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+        return await self._write(delete)
+
+    async def webhook_outbox_summary(self) -> OutboxSummary:
+        """See :meth:`WebhookOutbox.webhook_outbox_summary`."""
+
+        def select(conn: sqlite3.Connection) -> OutboxSummary:
+            depth, next_attempt_at, oldest = conn.execute(
+                "SELECT count(*), min(next_attempt_at), min(created_at) FROM webhook_outbox"
+            ).fetchone()
+            return OutboxSummary(depth, _text_to_time(next_attempt_at), _text_to_time(oldest))
+
+        return await self._read(select)
+
+    async def disable_webhook_endpoint(self, url: str, at: datetime) -> None:
+        """See :meth:`WebhookOutbox.disable_webhook_endpoint`."""
+        params = (url, _time_to_text(at, "at"))
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO webhook_endpoints (url, disabled_at) VALUES (?, ?)", params
+            )
+
+        await self._write(insert)
+
+    async def webhook_endpoint_disabled_at(self, url: str) -> datetime | None:
+        """See :meth:`WebhookOutbox.webhook_endpoint_disabled_at`."""
+
+        def select(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute(
+                "SELECT disabled_at FROM webhook_endpoints WHERE url = ?", (url,)
+            ).fetchone()
+            return None if row is None else _text_to_time(row[0])
 
         return await self._read(select)
 
@@ -637,6 +760,10 @@ def _usage_to_text(usage: Usage | None) -> str | None:
     return None if usage is None else codec.dumps(usage).decode()
 
 
+def _json_list_to_text(items: list[dict[str, Any]]) -> str:
+    return orjson.dumps(items).decode()
+
+
 def _job_to_row(job: Job) -> tuple[Any, ...]:
     return (
         job.id,
@@ -656,6 +783,9 @@ def _job_to_row(job: Job) -> tuple[Any, ...]:
         job.finish_reason,
         _usage_to_text(job.usage),
         job.generation_id,
+        _json_list_to_text(job.tool_calls),
+        _json_list_to_text(job.images),
+        int(job.foreground),
         len(job.content),
         len(job.reasoning),
     )
@@ -680,6 +810,9 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         finish_reason,
         usage,
         generation_id,
+        tool_calls,
+        images,
+        foreground,
     ) = row
     return Job(
         id=job_id,
@@ -699,6 +832,9 @@ def _row_to_job(row: Sequence[Any]) -> Job:
         finish_reason=finish_reason,
         usage=None if usage is None else codec.loads(usage, Usage),
         generation_id=generation_id,
+        tool_calls=orjson.loads(tool_calls),
+        images=orjson.loads(images),
+        foreground=bool(foreground),
     )
 
 
@@ -744,4 +880,27 @@ def _row_to_notification(row: Sequence[Any]) -> Notification:
         created_at=datetime.fromisoformat(created_at),
         actions=codec.loads(actions, _Actions),
         read_at=_text_to_time(read_at),
+    )
+
+
+def _webhook_to_row(event: WebhookEvent) -> tuple[Any, ...]:
+    return (
+        event.id,
+        event.type,
+        _time_to_text(event.created_at, "created_at"),
+        event.body,
+        _time_to_text(event.next_attempt_at, "next_attempt_at"),
+        event.attempts,
+    )
+
+
+def _row_to_webhook(row: Sequence[Any]) -> WebhookEvent:
+    event_id, type_, created_at, body, next_attempt_at, attempts = row
+    return WebhookEvent(
+        id=event_id,
+        type=type_,
+        created_at=datetime.fromisoformat(created_at),
+        body=body,
+        next_attempt_at=datetime.fromisoformat(next_attempt_at),
+        attempts=attempts,
     )

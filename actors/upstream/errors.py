@@ -27,6 +27,9 @@ class UpstreamError(Exception):
             caller seeing this flag on a raised error must not assume it may start over
             without duplicating output.
         retry_after: the delay in seconds the upstream asked for (``Retry-After``), if any.
+        body: for a non-2xx answer, its body as the upstream sent it, with the API key
+            redacted; None for every other failure.
+        content_type: that answer's ``Content-Type``, if it had one.
     """
 
     def __init__(
@@ -37,6 +40,8 @@ class UpstreamError(Exception):
         status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
     ) -> None:
         super().__init__(code, message)
         self.code = code
@@ -44,6 +49,8 @@ class UpstreamError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.body = body
+        self.content_type = content_type
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

@@ -20,7 +20,9 @@ import trio
 from actors.model import Usage
 from actors.upstream.errors import UpstreamError, is_retryable_status
 from actors.upstream.events import (
+    ExtrasDelta,
     KeepAlive,
+    RawBytes,
     StreamOpened,
     StreamResult,
     TextDelta,
@@ -49,7 +51,8 @@ class OpenAICompatibleUpstream:
     for the response headers and then for each SSE event (keep-alive comments count);
     ``connect_timeout`` bounds connecting. Failures that are transient (HTTP 408, 429,
     5xx, transport errors, a stream that ended before any output) are retried up to
-    ``max_attempts`` attempts in total, but only while no TextDelta has been delivered:
+    ``max_attempts`` attempts in total, but only while no output has been delivered and
+    never for a pass-through request:
     exponential backoff from ``backoff_initial`` capped at ``backoff_max``, or the
     ``Retry-After`` the upstream asked for (capped at :data:`MAX_RETRY_AFTER`).
     ``extra_headers`` (such as OpenRouter's ``HTTP-Referer`` / ``X-Title``) go with every
@@ -123,19 +126,23 @@ class OpenAICompatibleUpstream:
     ) -> StreamResult:
         """Run one streaming chat completion, calling ``on_event`` for each event in order.
 
-        Events: StreamOpened once per attempt that got a 2xx answer, then TextDelta and
-        KeepAlive in stream order. Returns the StreamResult once ``[DONE]`` arrived, or the
-        body ended after a ``finish_reason``. Raises UpstreamError for every other ending
-        (see its codes), after the retries described on the class; ``no_api_key`` is raised
-        before any network traffic. Exceptions from ``on_event`` propagate unchanged and
-        are never retried. Blocks for the whole generation and the backoff between
-        attempts; cancelling it closes the HTTP response at once, which stops the
-        upstream's generation.
+        Events: StreamOpened once per attempt that got a 2xx answer, then TextDelta,
+        ExtrasDelta and KeepAlive in stream order; for a pass-through request, each piece
+        of the body comes first as RawBytes, then the events parsed from it. Returns the
+        StreamResult once ``[DONE]`` arrived, or the body ended after a ``finish_reason``.
+        Raises UpstreamError for every other ending (see its codes), after the retries
+        described on the class; ``no_api_key`` is raised before any network traffic.
+        Exceptions from ``on_event`` propagate unchanged and are never retried. Blocks
+        for the whole generation and the backoff between attempts; cancelling it closes
+        the HTTP response at once, which stops the upstream's generation.
         """
         api_key = request.api_key or self._api_key
         if not api_key:
             raise UpstreamError("no_api_key", "no API key configured for the upstream")
         progress = _Progress()
+        if request.passthrough:
+            # The caller hands the upstream's answer on as it is: a failure is that answer.
+            return await self._attempt(request, api_key, on_event, progress)
 
         def retry_delay(exc: Exception) -> bool | float:
             # Once text reached the caller, a new attempt would repeat it: never retry then.
@@ -197,7 +204,7 @@ class OpenAICompatibleUpstream:
                     generation_id = response.headers.get("x-generation-id")
                     await on_event(StreamOpened(generation_id))
                     return await self._read_events(
-                        response, generation_id, api_key, on_event, progress
+                        response, generation_id, api_key, on_event, progress, request.passthrough
                     )
         except httpx.HTTPError as exc:
             raise _connection_error(exc, api_key) from None
@@ -214,6 +221,7 @@ class OpenAICompatibleUpstream:
         api_key: str,
         on_event: Callable[[UpstreamEvent], Awaitable[None]],
         progress: _Progress,
+        passthrough: bool,
     ) -> StreamResult:
         """Read, parse and hand on the body's events, in this one task.
 
@@ -223,7 +231,9 @@ class OpenAICompatibleUpstream:
         (see :class:`_Pacer`): what the upstream sends meanwhile waits in the
         socket buffer and comes in one read, so a token costs a fraction of a socket
         read. Pieces already read (httpx hands one HTTP chunk at a time) follow
-        at once, so the pause never caps the rate.
+        at once, so the pause never caps the rate. With ``passthrough``, each
+        piece goes to ``on_event`` as RawBytes before its events; the time a
+        slow ``on_event`` takes with it does not count as the upstream's silence.
         """
         parser = _ChunkParser(generation_id, api_key)
         decoder = SSEDecoder()
@@ -243,6 +253,9 @@ class OpenAICompatibleUpstream:
                         piece = None
                     except httpx.HTTPError as exc:
                         raise _connection_error(exc, parser.api_key) from None
+                    if passthrough and piece:
+                        await on_event(RawBytes(piece))
+                        idle.deadline = trio.current_time() + self._idle_timeout
                     sse_items = decoder.finish() if piece is None else decoder.feed(piece)
                     if sse_items:
                         idle.deadline = trio.current_time() + self._idle_timeout
@@ -299,7 +312,7 @@ class _ChunkParser:
     def result(self) -> StreamResult:
         return StreamResult(self.finish_reason, self.usage, self.generation_id)
 
-    def parse(self, data: str) -> list[TextDelta]:
+    def parse(self, data: str) -> list[TextDelta | ExtrasDelta]:
         """Return the deltas one ``data`` payload carries; raise UpstreamError on failure."""
         try:
             chunk = orjson.loads(data)
@@ -319,7 +332,7 @@ class _ChunkParser:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = _parse_usage(usage)
-        deltas: list[TextDelta] = []
+        deltas: list[TextDelta | ExtrasDelta] = []
         choices = chunk.get("choices")
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             choice = choices[0]
@@ -330,6 +343,12 @@ class _ChunkParser:
                 reasoning = _text(delta.get("reasoning")) or _text(delta.get("reasoning_content"))
                 if content or reasoning:
                     deltas.append(TextDelta(content=content, reasoning=reasoning))
+                tool_calls = delta.get("tool_calls")
+                images = delta.get("images")
+                if tool_calls or images:
+                    extras = ExtrasDelta(_objects(tool_calls), _objects(images))
+                    if extras.tool_calls or extras.images:
+                        deltas.append(extras)
             finish_reason = choice.get("finish_reason")
             if isinstance(finish_reason, str) and finish_reason:
                 self.finish_reason = finish_reason
@@ -395,6 +414,11 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _objects(value: object) -> list[dict[str, Any]]:
+    """The JSON objects of a list; nothing for anything else."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -444,6 +468,7 @@ def _stream_error(error: object, api_key: str) -> UpstreamError:
 
 def _http_error(response: httpx.Response, raw: bytes, api_key: str) -> UpstreamError:
     status = response.status_code
+    raw = raw.replace(api_key.encode(), b"[redacted]")
     message: str | None = None
     try:
         parsed = orjson.loads(raw)
@@ -460,6 +485,8 @@ def _http_error(response: httpx.Response, raw: bytes, api_key: str) -> UpstreamE
         status=status,
         retryable=retryable,
         retry_after=_retry_after(response.headers.get("retry-after")) if retryable else None,
+        body=raw,
+        content_type=response.headers.get("content-type"),
     )
 
 

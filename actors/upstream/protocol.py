@@ -23,10 +23,13 @@ class Upstream(Protocol):
         """Run one streaming chat completion, calling ``on_event`` for each event in order.
 
         Returns the StreamResult when the upstream finished properly; raises UpstreamError
-        otherwise. An exception raised by ``on_event`` propagates unchanged. Blocks for the
-        whole generation, including any backoff between retries. Cancellation (a cancel
-        scope around the call) closes the upstream HTTP response at once: this is how an
-        abort reaches the upstream and stops generation and billing.
+        otherwise. For a pass-through request (``request.passthrough``) the body also
+        comes as RawBytes events, each before the events parsed from it, and a failure
+        is raised at once, never retried. An exception raised by ``on_event`` propagates
+        unchanged. Blocks for the whole generation, including any backoff between
+        retries. Cancellation (a cancel scope around the call) closes the upstream HTTP
+        response at once: this is how an abort reaches the upstream and stops generation
+        and billing.
         """
         ...
 

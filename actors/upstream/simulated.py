@@ -8,6 +8,10 @@ Request params it understands (other params are ignored):
 
 - ``"simulate_error": "<message>"``: halfway through the answer, raise
   ``UpstreamError("stream_error", <message>)`` instead of finishing.
+
+A pass-through request also gets the answer as an OpenAI-compatible server would
+send it, as RawBytes: a ``data:`` chunk per delta, then the finish chunk, the usage
+chunk and ``data: [DONE]`` (or, for a simulated error, the error event).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import trio
 
 from actors.model import Usage
 from actors.upstream.errors import UpstreamError
 from actors.upstream.events import (
+    RawBytes,
     StreamOpened,
     StreamResult,
     TextDelta,
@@ -52,7 +58,9 @@ class SimulatedUpstream:
     Emits StreamOpened (generation id ``sim-<n>``), then, when ``reasoning`` is on, a few
     reasoning-only deltas, then the answer as one TextDelta per word (with its trailing
     space), sleeping ``1 / tokens_per_second`` before each delta. Returns
-    ``StreamResult("stop", Usage(..., cost=0.0), "sim-<n>")``.
+    ``StreamResult("stop", Usage(..., cost=0.0), "sim-<n>")``. A pass-through request
+    gets each delta's chunk as RawBytes just before the delta, and the ending chunks
+    after the last one.
     """
 
     def __init__(self, tokens_per_second: float = 20.0, *, reasoning: bool = False) -> None:
@@ -83,30 +91,65 @@ class SimulatedUpstream:
         deltas += [TextDelta(content=token) for token in answer]
         error = request.params.get(SIMULATE_ERROR_PARAM)
         fail_at = len(deltas) // 2 if error is not None else None
+        wire = _Wire(generation_id, request.model) if request.passthrough else None
 
         await on_event(StreamOpened(generation_id))
         for index, delta in enumerate(deltas):
             if index == fail_at:
+                if wire is not None:
+                    await on_event(RawBytes(wire.event({"error": {"message": str(error)}})))
                 raise UpstreamError("stream_error", str(error))
             await trio.sleep(self._delay)
+            if wire is not None:
+                await on_event(RawBytes(wire.chunk(delta)))
             await on_event(delta)
 
         prompt_tokens = sum(len(_text_of(m).split()) for m in request.messages)
         completion_tokens = len(deltas)
-        return StreamResult(
-            finish_reason="stop",
-            usage=Usage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-                reasoning_tokens=len(thoughts) if self._reasoning else None,
-                cost=0.0,
-            ),
-            generation_id=generation_id,
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            reasoning_tokens=len(thoughts) if self._reasoning else None,
+            cost=0.0,
         )
+        if wire is not None:
+            await on_event(RawBytes(wire.ending(usage)))
+        return StreamResult(finish_reason="stop", usage=usage, generation_id=generation_id)
 
     async def aclose(self) -> None:
         """Nothing to release."""
+
+
+class _Wire:
+    """The answer's SSE bytes, as an OpenAI-compatible server writes them."""
+
+    def __init__(self, generation_id: str, model: str) -> None:
+        self._head = {"id": generation_id, "object": "chat.completion.chunk", "model": model}
+
+    def event(self, payload: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    def chunk(self, delta: TextDelta) -> bytes:
+        fields = {"content": delta.content} if delta.content else {"reasoning": delta.reasoning}
+        choice = {"index": 0, "delta": fields, "finish_reason": None}
+        return self.event({**self._head, "choices": [choice]})
+
+    def ending(self, usage: Usage) -> bytes:
+        """The finish chunk, the usage chunk and ``[DONE]``."""
+        finish = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        totals = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0},
+            "cost": usage.cost,
+        }
+        return (
+            self.event({**self._head, "choices": [finish]})
+            + self.event({**self._head, "choices": [], "usage": totals})
+            + b"data: [DONE]\n\n"
+        )
 
 
 def _text_of(message: dict[str, Any]) -> str:

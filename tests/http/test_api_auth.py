@@ -51,9 +51,14 @@ def bad_authorizations(server: ApiServer) -> dict[str, str | None]:
         "not a jwt": "Bearer not-a-jwt",
         "expired": f"Bearer {server.token(ttl=-60)}",
         "forged": f"Bearer {TokenAuthority(OTHER_SECRET).mint('alice', 'w1')}",
-        "no workspace": f"Bearer {raw_token({'sub': 'alice'})}",
         "empty workspace": f"Bearer {raw_token({'sub': 'alice', 'workspace': ''})}",
+        "workspace not a string": f"Bearer {raw_token({'sub': 'alice', 'workspace': 7})}",
         "no user": f"Bearer {raw_token({'workspace': 'w1'})}",
+        "user too long": f"Bearer {raw_token({'sub': 'a' * 201, 'workspace': 'w1'})}",
+        "no exp": "Bearer "
+        + jwt.encode({"sub": "alice", "workspace": "w1"}, JWT_SECRET, algorithm="HS256"),
+        "algorithm not allowed": "Bearer "
+        + jwt.encode({"sub": "alice", "workspace": "w1", "exp": 4_000_000_000}, "k" * 64, "HS512"),
         "unsigned": "Bearer "
         + jwt.encode({"sub": "alice", "workspace": "w1", "exp": 4_000_000_000}, None, "none"),
     }
@@ -79,6 +84,21 @@ async def test_every_protected_route_answers_401_with_the_error_shape(
 
         listed = await client.get("/v1/jobs", headers=api_server.auth())
         assert listed.json() == {"jobs": []}
+
+
+async def test_a_token_without_a_workspace_claim_names_the_users_own(
+    api_server: ApiServer,
+) -> None:
+    async with api_server.client() as client:
+        alone = {"Authorization": f"Bearer {raw_token({'sub': 'alice'})}"}
+        created = await client.post("/v1/jobs", json=chat_body(), headers=alone)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        # The same job under workspace "alice", and under no other.
+        own = await client.get(f"/v1/jobs/{job_id}", headers=api_server.auth("alice", "alice"))
+        assert own.status_code == 200
+        other = await client.get(f"/v1/jobs/{job_id}", headers=api_server.auth("alice", "w1"))
+        assert other.status_code == 404
 
 
 async def test_expired_token_says_so(api_server: ApiServer) -> None:

@@ -11,6 +11,7 @@ from actors.api import JobView
 from actors.model import Job, JobStatus
 from tests.fake_upstream import FakeUpstream, Script
 from tests.http.conftest import (
+    SERVER_API_KEY,
     ApiServer,
     OpenApiServer,
     chat_body,
@@ -39,6 +40,9 @@ JOB_KEYS = {
     "reasoning_offset",
     "reasoning",
     "reasoning_length",
+    "tool_calls",
+    "images",
+    "foreground",
 }
 ANSWER = "The quick brown fox jumps over the lazy dog"
 HANG = "hanging-model"
@@ -255,14 +259,17 @@ async def test_abort_is_idempotent_and_owner_scoped(
         assert missing.status_code == 404
 
 
-async def test_user_key_is_refused_by_default(api_server: ApiServer) -> None:
-    async with api_server.client() as client:
-        headers = {**api_server.auth(), "X-Upstream-Api-Key": "sk-user-own"}
+async def test_user_key_is_refused_when_the_server_has_a_key_and_disallows_them(
+    open_api_server: OpenApiServer,
+) -> None:
+    settings = {"upstream_api_key": SERVER_API_KEY, "allow_user_api_keys": False}
+    async with open_api_server(**settings) as server, server.client() as client:
+        headers = {**server.auth(), "X-Upstream-Api-Key": "sk-user-own"}
         response = await client.post("/v1/jobs", json=chat_body(), headers=headers)
         assert response.status_code == 403
         assert response.json()["error"]["code"] == "user_key_not_allowed"
         assert "sk-user-own" not in response.text
-        listed = await client.get("/v1/jobs", headers=api_server.auth())
+        listed = await client.get("/v1/jobs", headers=server.auth())
         assert listed.json() == {"jobs": []}
 
 
@@ -337,3 +344,41 @@ async def test_global_cap_answers_503_with_retry_after(
         await wait_until(both_streaming)
         await trio.sleep(0.05)
         assert len(fake_upstream.requests) == 2
+
+
+async def test_a_background_job_keeps_its_merged_tool_calls_and_its_images(
+    open_api_server: OpenApiServer, fake_upstream: FakeUpstream
+) -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    fake_upstream.script(
+        "m",
+        Script.stream()
+        .content("Two calls and a picture.")
+        .tool_call(0, id="call_a", name="weather")
+        .tool_call(1, id="call_b", name="time")
+        .tool_call(0, arguments='{"city": ')
+        .tool_call(1, arguments='{"tz": "UTC"}')
+        .tool_call(0, arguments='"Oslo"}')
+        .image(image)
+        .finish("tool_calls")
+        .done(),
+    )
+    async with open_api_server(**fake_settings(fake_upstream)) as server, server.client() as client:
+        started = await client.post("/v1/jobs", json=chat_body(model="m"), headers=server.auth())
+        job = await wait_for_status(client, started.json()["id"], server.auth())
+
+    assert (job["status"], job["foreground"]) == ("complete", False)
+    assert job["content_delta"] == "Two calls and a picture."
+    assert job["tool_calls"] == [
+        {
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+        },
+        {
+            "id": "call_b",
+            "type": "function",
+            "function": {"name": "time", "arguments": '{"tz": "UTC"}'},
+        },
+    ]
+    assert job["images"] == [{"type": "image_url", "image_url": {"url": image}}]

@@ -39,19 +39,27 @@ class RunningServer:
 
 @pytest.fixture
 async def troupe_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[RunningServer]:
-    """A server on the simulated model with a memory store, until the test ends."""
+    """A server on the simulated model with a memory store, until the test ends.
+
+    It has an upstream key of its own and refuses users' keys.
+    """
     config = ServiceConfig(
         store="memory",
         data_dir=tmp_path,
         simulated_tokens_per_second=TOKENS_PER_SECOND,
         drain_timeout=0.0,
+        # The tests wait for jobs by polling them; that must not count as watching.
+        watch_window=0.0,
         host="127.0.0.1",
         port=0,
+        upstream_api_key="sk-server-own",
+        allow_user_api_keys=False,
     )
     stop, ready, done = trio.Event(), trio.Event(), trio.Event()
     found: list[RunningServer] = []
 
-    def on_ready(addresses: list[str], tokens: TokenAuthority) -> None:
+    def on_ready(addresses: list[str], tokens: TokenAuthority | None) -> None:
+        assert tokens is not None
         found.append(RunningServer(addresses[0], tokens))
         ready.set()
 

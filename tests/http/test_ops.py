@@ -10,12 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
 from actors.http.app import build_app
-from actors.http.auth import TokenAuthority
+from actors.http.auth import build_auth
 from actors.http.events import ShutdownSignal
 from actors.service import open_service
 from tests.fake_upstream import FakeUpstream, Script
 from tests.http.conftest import (
-    JWT_SECRET,
     ApiServer,
     OpenApiServer,
     chat_body,
@@ -120,7 +119,7 @@ async def test_openapi_is_3_1_and_lists_every_served_route(
     # The routes the app really serves, read from the Starlette app itself.
     config = make_config(tmp_path / "app")
     async with open_service(config) as service:
-        app = build_app(service, TokenAuthority(JWT_SECRET), ShutdownSignal())
+        app = build_app(service, build_auth(config)[0], ShutdownSignal())
     served = {
         (route.path, method.lower())
         for route in app.routes

@@ -8,9 +8,11 @@ import httpx
 import trio
 
 from tests.fake_upstream import FakeUpstream, Script
-from tests.http.conftest import ApiServer, OpenApiServer, fake_settings, read_sse, wait_until
+from tests.http.conftest import ApiServer, OpenApiServer, fake_settings, wait_until
 
 ANSWER = "Background answers keep streaming after the tab closes"
+# The keys of a running job's status; a finished job adds completedAt, a failed one
+# error too (the seed left unset fields out).
 STATUS_KEYS = {
     "id",
     "status",
@@ -19,8 +21,6 @@ STATUS_KEYS = {
     "model",
     "chunksReceived",
     "startedAt",
-    "completedAt",
-    "error",
     "content",
 }
 NOT_FOUND = {"error": "Job not found or unauthorized"}
@@ -79,14 +79,13 @@ async def test_background_stream_answers_job_id_and_strips_the_private_fields(
         assert started["status"] == "streaming"
 
         done = await wait_for_seed_status(client, server, started["jobId"], "complete")
-        assert set(done) == STATUS_KEYS
+        assert set(done) == STATUS_KEYS | {"completedAt"}
         assert done["id"] == started["jobId"]
         assert done["threadId"] == "thread-9"
         assert done["messageId"] == "message-9"
         assert done["model"] == "m"
         assert done["content"] == ANSWER
         assert done["chunksReceived"] == len(ANSWER.split(" "))
-        assert done["error"] is None
         assert isinstance(done["startedAt"], int)
         assert isinstance(done["completedAt"], int)
         assert done["completedAt"] >= done["startedAt"]
@@ -104,11 +103,15 @@ async def test_background_stream_answers_job_id_and_strips_the_private_fields(
 async def test_background_stream_needs_auth_and_both_ids(api_server: ApiServer) -> None:
     async with api_server.client() as client:
         url = "/api/openrouter/stream"
-        assert_seed_error(await client.post(url, json=seed_body()), 401)
-        forged = {"Authorization": "Bearer nope"}
-        assert_seed_error(await client.post(url, json=seed_body(), headers=forged), 401)
-        no_workspace = {"Authorization": f"Bearer {api_server.token(workspace='')}"}
-        assert_seed_error(await client.post(url, json=seed_body(), headers=no_workspace), 401)
+        unauthenticated = "Authentication required for background streaming"
+        assert assert_seed_error(await client.post(url, json=seed_body()), 401) == unauthenticated
+        # A Bearer value that is not a JWT is the user's own upstream key, no identity.
+        own_key = {"Authorization": "Bearer nope"}
+        refused = await client.post(url, json=seed_body(), headers=own_key)
+        assert assert_seed_error(refused, 401) == unauthenticated
+        empty_workspace = {"Authorization": f"Bearer {api_server.token(workspace='')}"}
+        refused = await client.post(url, json=seed_body(), headers=empty_workspace)
+        assert assert_seed_error(refused, 401) == unauthenticated
 
         for missing in ("_threadId", "_messageId"):
             body = seed_body()
@@ -147,7 +150,6 @@ async def test_status_is_owner_scoped_and_needs_auth(
         job_id = started.json()["jobId"]
         running = await wait_for_seed_status(client, server, job_id, "streaming")
         assert set(running) == STATUS_KEYS
-        assert running["completedAt"] is None
 
         async def has_content() -> bool:
             response = await seed_status(client, server, job_id)
@@ -162,7 +164,7 @@ async def test_status_is_owner_scoped_and_needs_auth(
         assert missing.status_code == 404
         assert missing.json() == NOT_FOUND
         anonymous = await client.get(f"/api/jobs/{job_id}/status")
-        assert_seed_error(anonymous, 401)
+        assert assert_seed_error(anonymous, 401) == "Authentication required"
 
 
 async def test_abort_answers_true_then_false_and_is_owner_scoped(
@@ -176,7 +178,9 @@ async def test_abort_answers_true_then_false_and_is_owner_scoped(
         job_id = started.json()["jobId"]
         url = f"/api/jobs/{job_id}/abort"
 
-        assert_seed_error(await client.post(url), 401)
+        anonymous = await client.post(url)
+        assert anonymous.status_code == 401
+        assert anonymous.json() == {"error": "Authentication required", "aborted": False}
         stranger = await client.post(url, headers=server.auth("bob"))
         assert stranger.status_code == 200
         assert stranger.json() == NOT_ABORTED
@@ -194,31 +198,55 @@ async def test_abort_answers_true_then_false_and_is_owner_scoped(
         assert missing.json() == NOT_ABORTED
 
 
-async def test_foreground_stream_sends_openai_chunks_and_records_the_job(
+async def test_foreground_passes_the_upstream_stream_through_byte_for_byte(
     open_api_server: OpenApiServer, fake_upstream: FakeUpstream
 ) -> None:
-    fake_upstream.script("m", Script.text(ANSWER))
+    image = "data:image/png;base64,iVBORw0KGgo="
+    script = (
+        Script.stream()
+        .keepalive()
+        .reasoning("Looking it up.")
+        .content("Here ")
+        .keepalive()
+        .content("you go.")
+        .tool_call(0, id="call_1", name="lookup")
+        .tool_call(0, arguments='{"q": ')
+        .tool_call(0, arguments='"actors"}')
+        .image(image)
+        .finish("tool_calls")
+        .usage()
+        .done()
+    )
+    fake_upstream.script("m", script)
     async with open_api_server(**fake_settings(fake_upstream)) as server, server.client() as client:
-        body = seed_body(background=False)
+        body = seed_body(background=False, modalities=["text"], stream=True)
         async with client.stream(
             "POST", "/api/openrouter/stream", json=body, headers=server.auth()
         ) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            job_id = response.headers["x-job-id"]
-            read = await read_sse(response)
-
-        assert read.ended
-        data = [event.data for event in read.events]
-        assert all(event.event == "message" for event in read.events)
-        assert data[-1] == "[DONE]"
-        chunks = [event.json() for event in read.events[:-1]]
-        assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
-        assert all(chunk["model"] == "m" for chunk in chunks)
-        streamed = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
-        assert streamed == ANSWER
+            received = b"".join([piece async for piece in response.aiter_bytes()])
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["cache-control"] == "no-cache"
+        job_id = response.headers["x-job-id"]
+        assert received == script.body
 
         recorded = await wait_for_seed_status(client, server, job_id, "complete")
-        assert recorded["content"] == ANSWER
+        assert recorded["content"] == "Here you go."
         assert recorded["threadId"] == "thread-9"
-        assert not {"_background", "_threadId", "_messageId"} & set(fake_upstream.requests[-1].json)
+        job = (await client.get(f"/v1/jobs/{job_id}", headers=server.auth())).json()
+        assert job["foreground"] is True
+        assert job["finish_reason"] == "tool_calls"
+        assert job["reasoning"] == "Looking it up."
+        assert job["tool_calls"] == [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": '{"q": "actors"}'},
+            }
+        ]
+        assert job["images"] == [{"type": "image_url", "image_url": {"url": image}}]
+
+    sent = fake_upstream.requests[-1].json
+    assert not {"_background", "_threadId", "_messageId"} & set(sent)
+    assert sent["modalities"] == ["text"]
+    assert sent["stream"] is True

@@ -251,10 +251,11 @@ async def test_mid_stream_content_holds_every_delta_so_far(
 # -- API keys -------------------------------------------------------------------------------
 
 
-async def test_user_api_key_is_refused_unless_allowed(
+async def test_user_api_key_is_refused_when_the_server_has_a_key_and_disallows_them(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+    settings = config(tmp_path, upstream_api_key="sk-server", allow_user_api_keys=False)
+    async with open_service(settings, upstream=SimulatedUpstream(10)) as service:
         with pytest.raises(UserKeyNotAllowed) as refused:
             await service.start_job(ALICE, chat(api_key=USER_KEY))
         assert USER_KEY not in str(refused.value)

@@ -15,7 +15,7 @@ import attrs
 import orjson
 from starlette.requests import Request
 
-from actors.http.auth import AuthError, Principal, TokenAuthority
+from actors.http.auth import Authenticator, AuthError, Principal, bearer_value, jwt_header
 from actors.http.errors import ApiError
 from actors.http.events import ShutdownSignal
 from actors.service import Service
@@ -35,15 +35,13 @@ USER_KEY_HEADER = "x-upstream-api-key"
 
 @attrs.frozen
 class RouteDependencies:
-    """What the endpoints use: the facade, the token authority, the shutdown signal
-    that ends event streams, the keep-alive interval of those streams (seconds), and
-    the request body cap (bytes)."""
+    """What the endpoints use: the facade, the authenticator, the shutdown signal
+    that ends event streams, and the keep-alive interval of those streams (seconds)."""
 
     service: Service
-    tokens: TokenAuthority
+    auth: Authenticator
     shutdown: ShutdownSignal
     keepalive: float
-    max_body_bytes: int
 
 
 def dependencies(request: Request) -> RouteDependencies:
@@ -53,27 +51,27 @@ def dependencies(request: Request) -> RouteDependencies:
     return found
 
 
-def principal(request: Request) -> Principal:
-    """The caller, from its bearer token.
+async def principal(request: Request) -> Principal:
+    """The caller, as the app's :class:`~actors.http.auth.Authenticator` tells it.
 
-    Raises :class:`ApiError` 401 (with ``WWW-Authenticate``) without a valid one.
+    Raises :class:`ApiError` 401 (with ``WWW-Authenticate``) when it names none,
+    with a message that says why.
     """
     try:
-        return dependencies(request).tokens.verify(request.headers.get("authorization"))
+        return await dependencies(request).auth.authenticate(request)
     except AuthError as error:
         raise ApiError(
             401, "unauthorized", str(error), {"WWW-Authenticate": 'Bearer realm="troupe"'}
         ) from None
 
 
-async def read_json(request: Request) -> Any:
+async def read_json(request: Request, max_body: int) -> Any:
     """The body, parsed as JSON.
 
-    Raises :class:`ApiError` 413 as soon as it is known to be larger than the
-    cap (by its ``Content-Length``, or while reading it), and 400 if it is not
-    JSON.
+    Raises :class:`ApiError` 413 as soon as it is known to be larger than
+    ``max_body`` bytes (by its ``Content-Length``, or while reading it), and 400
+    if it is not JSON.
     """
-    max_body = dependencies(request).max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise ApiError(413, "payload_too_large", f"the body may be at most {max_body} bytes")
@@ -94,5 +92,13 @@ async def read_json(request: Request) -> Any:
 
 
 def user_key(request: Request) -> str | None:
-    """The caller's own upstream key, if the request carries one."""
-    return request.headers.get(USER_KEY_HEADER) or None
+    """The caller's own upstream key, if the request carries one: ``X-Upstream-Api-Key``,
+    or an ``Authorization: Bearer`` value that is not a JWT (the seed app's client sends
+    its user's OpenRouter key so)."""
+    header = request.headers.get(USER_KEY_HEADER, "").strip()
+    if header:
+        return header
+    bearer = bearer_value(request.headers.get("authorization"))
+    if bearer is not None and jwt_header(bearer) is None:
+        return bearer
+    return None

@@ -36,7 +36,7 @@ async def metrics(request: Request) -> Response:
 
 async def system_actors(request: Request) -> Response:
     """The live actor tree; only for a token with the admin claim (else 403)."""
-    who = principal(request)
+    who = await principal(request)
     if not who.admin:
         raise ApiError(403, "forbidden", "this needs a token with the admin claim")
     # orjson renders the snapshot's enums; the stdlib encoder would not.

@@ -11,16 +11,15 @@ import uuid
 from typing import Any
 
 import cattrs
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from actors import codec
 from actors.api import ChatRequest
-from actors.errors import JobNotFound
+from actors.errors import JobNotFound, UserKeyNotAllowed
 from actors.http.auth import AuthError, Principal
 from actors.http.errors import ApiError, SeedError
-from actors.http.events import foreground_stream
+from actors.http.foreground import ForegroundResponse
 from actors.http.routes import dependencies, read_json, user_key
 from actors.http.schemas import (
     ChatMessage,
@@ -30,19 +29,23 @@ from actors.http.schemas import (
     check_text,
     seed_status_json,
 )
+from actors.service import check_api_key
 
 __all__ = ["seed_abort", "seed_status", "seed_stream"]
 
 SEED_NOT_ABORTED = "Job not found, unauthorized, or already complete"
+SEED_UNAUTHENTICATED = "Authentication required"
+SEED_STREAM_UNAUTHENTICATED = "Authentication required for background streaming"
 
 
 async def seed_stream(request: Request) -> Response:
-    """``POST /api/openrouter/stream``: a background job (``_background: true``), or the
-    job's answer streamed as OpenAI chunks."""
-    who = _principal(request)
+    """``POST /api/openrouter/stream``: a background job (``_background: true``), or a
+    foreground one whose upstream answer is passed straight through (see
+    :class:`ForegroundResponse`)."""
+    who = await _principal(request, SEED_STREAM_UNAUTHENTICATED)
     deps = dependencies(request)
     try:
-        body = await read_json(request)
+        body = await read_json(request, deps.service.config.max_chat_body_bytes)
     except ApiError as error:
         raise SeedError(error.status, error.message) from None
     if not isinstance(body, dict):
@@ -69,8 +72,10 @@ async def seed_stream(request: Request) -> Response:
         raise SeedError(400, str(error)) from None
     try:
         messages = check_messages(codec.structure(raw_messages, list[ChatMessage]))
+    except InvalidBody as error:
+        raise SeedError(400, str(error)) from None
     # A malformed list raises cattrs' IterableValidationError, not a ClassValidationError.
-    except (InvalidBody, cattrs.BaseValidationError, TypeError, ValueError):
+    except (cattrs.BaseValidationError, TypeError, ValueError):
         raise SeedError(400, "Invalid messages") from None
     chat = ChatRequest(
         model=model,
@@ -78,41 +83,55 @@ async def seed_stream(request: Request) -> Response:
         thread_id=thread_id if thread_id is not None else uuid.uuid4().hex,
         message_id=message_id if message_id is not None else uuid.uuid4().hex,
         params=body,
-        api_key=user_key(request),
+        api_key=_user_key(request),
     )
-    job = await deps.service.start_job(who.owner, chat)
     if background:
+        job = await deps.service.start_job(who.owner, chat)
         return JSONResponse({"jobId": job.id, "status": "streaming"})
-    return EventSourceResponse(
-        foreground_stream(deps.service.follow(who.owner, job.id), deps.shutdown, model),
-        ping=deps.keepalive,
-        headers={"X-Job-Id": job.id, "Cache-Control": "no-store"},
-    )
+    started = await deps.service.start_foreground(who.owner, chat)
+    return ForegroundResponse(deps.service, who.owner, started, deps.shutdown)
 
 
 async def seed_status(request: Request) -> Response:
-    who = _principal(request)
+    who = await _principal(request)
     job_id = request.path_params["job_id"]
-    view = await dependencies(request).service.get_job(who.owner, job_id)
+    view = await dependencies(request).service.get_job(who.owner, job_id, watching=True)
     if view is None:
         raise JobNotFound(job_id)
     return JSONResponse(seed_status_json(view))
 
 
 async def seed_abort(request: Request) -> Response:
-    """Always 200: ``{aborted: true}``, or ``{aborted: false, message}`` as the seed has it."""
-    who = _principal(request)
+    """200 ``{aborted: true}``, or ``{aborted: false, message}`` as the seed has it; 401
+    ``{error, aborted: false}`` without an authenticated caller."""
+    try:
+        who = await _principal(request)
+    except SeedError as error:
+        return JSONResponse({"error": error.message, "aborted": False}, status_code=error.status)
     if await dependencies(request).service.abort_job(who.owner, request.path_params["job_id"]):
         return JSONResponse({"aborted": True})
     return JSONResponse({"aborted": False, "message": SEED_NOT_ABORTED})
 
 
-def _principal(request: Request) -> Principal:
-    """The caller; raises :class:`SeedError` 401 ``Unauthorized`` without a valid token."""
+async def _principal(request: Request, message: str = SEED_UNAUTHENTICATED) -> Principal:
+    """The caller; raises :class:`SeedError` 401 with ``message`` when it names none."""
     try:
-        return dependencies(request).tokens.verify(request.headers.get("authorization"))
+        return await dependencies(request).auth.authenticate(request)
     except AuthError:
-        raise SeedError(401, "Unauthorized") from None
+        raise SeedError(401, message) from None
+
+
+def _user_key(request: Request) -> str | None:
+    """The caller's own upstream key, or None where the server would refuse it: the
+    seed app then used the server's key, so its client never sees that refusal."""
+    key = user_key(request)
+    if key is None:
+        return None
+    try:
+        check_api_key(dependencies(request).service.config, key)
+    except UserKeyNotAllowed:
+        return None
+    return key
 
 
 def _is_text(value: Any) -> bool:

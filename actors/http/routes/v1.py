@@ -60,10 +60,12 @@ async def jobs(request: Request) -> Response:
 
 
 async def create_job(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     service = dependencies(request).service
     try:
-        body: CreateJobBody = structure_body(await read_json(request), CreateJobBody)
+        body: CreateJobBody = structure_body(
+            await read_json(request, service.config.max_chat_body_bytes), CreateJobBody
+        )
         messages = check_create(body)
     except InvalidBody as error:
         raise ApiError(422, "invalid_request", str(error)) from None
@@ -84,7 +86,7 @@ async def create_job(request: Request) -> Response:
 
 
 async def list_jobs(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     raw = request.query_params.get("status")
     status = None
     if raw is not None:
@@ -99,19 +101,21 @@ async def list_jobs(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     """The job, with the content from ``?offset=`` on and the reasoning from
-    ``?reasoning_offset=`` on (each 0 if absent)."""
-    who = principal(request)
+    ``?reasoning_offset=`` on (each 0 if absent). A poll: the job counts as watched."""
+    who = await principal(request)
     job_id = request.path_params["job_id"]
     offset = _int_param(request, "offset", 0)
     reasoning_offset = _int_param(request, "reasoning_offset", 0)
-    view = await dependencies(request).service.get_job(who.owner, job_id, offset, reasoning_offset)
+    view = await dependencies(request).service.get_job(
+        who.owner, job_id, offset, reasoning_offset, watching=True
+    )
     if view is None:
         raise JobNotFound(job_id)
     return JSONResponse(job_json(view))
 
 
 async def abort_job(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     service = dependencies(request).service
     job_id = request.path_params["job_id"]
     aborted = await service.abort_job(who.owner, job_id)
@@ -122,7 +126,7 @@ async def abort_job(request: Request) -> Response:
 
 
 async def job_events(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     deps = dependencies(request)
     job_id = request.path_params["job_id"]
     after = _resume_point(request)
@@ -136,7 +140,7 @@ async def job_events(request: Request) -> Response:
 
 
 async def list_notifications(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     unread = _flag_param(request, "unread")
     limit = _int_param(request, "limit", 50, maximum=500)
     found = await dependencies(request).service.list_notifications(who.owner, unread, limit)
@@ -144,7 +148,7 @@ async def list_notifications(request: Request) -> Response:
 
 
 async def read_notification(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     notification_id = request.path_params["notification_id"]
     if not await dependencies(request).service.mark_read(who.owner, notification_id):
         raise ApiError(404, "not_found", "no such notification")
@@ -152,12 +156,12 @@ async def read_notification(request: Request) -> Response:
 
 
 async def read_all_notifications(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     return JSONResponse({"updated": await dependencies(request).service.mark_all_read(who.owner)})
 
 
 async def delete_notification(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     notification_id = request.path_params["notification_id"]
     if not await dependencies(request).service.delete_notification(who.owner, notification_id):
         raise ApiError(404, "not_found", "no such notification")
@@ -165,7 +169,7 @@ async def delete_notification(request: Request) -> Response:
 
 
 async def notification_events(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
     deps = dependencies(request)
     follower = deps.service.follow_notifications(who.owner)
     return EventSourceResponse(
@@ -176,14 +180,17 @@ async def notification_events(request: Request) -> Response:
 
 
 async def mute_thread(request: Request) -> Response:
-    who = principal(request)
+    who = await principal(request)
+    service = dependencies(request).service
     thread_id = request.path_params["thread_id"]
     try:
-        body: MuteBody = structure_body(await read_json(request), MuteBody)
+        body: MuteBody = structure_body(
+            await read_json(request, service.config.max_body_bytes), MuteBody
+        )
         check_text(thread_id, "thread_id")
     except InvalidBody as error:
         raise ApiError(422, "invalid_request", str(error)) from None
-    await dependencies(request).service.mute_thread(who.owner, thread_id, body.muted)
+    await service.mute_thread(who.owner, thread_id, body.muted)
     return JSONResponse({"thread_id": thread_id, "muted": body.muted})
 
 

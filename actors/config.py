@@ -358,6 +358,10 @@ class ServiceConfig:
             raise _InvalidValue(
                 "jwt_algorithms", "public-key algorithms need jwt_public_key or jwt_jwks_url"
             )
+        # An HMAC key as long as the hash at least (RFC 7518, section 3.2).
+        needed = max((int(name[2:]) // 8 for name in chosen & HMAC_ALGORITHMS), default=32)
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < needed:
+            raise _InvalidValue("jwt_secret", f"must be at least {needed} bytes long")
 
     @property
     def token_algorithms(self) -> tuple[str, ...]:

@@ -46,18 +46,20 @@ __all__ = [
 
 @attrs.frozen
 class CreateJob:
-    """Reply: the new :class:`Job`, or with ``foreground`` a :class:`ForegroundStarted`;
+    """Reply: the new :class:`Job`, or with a ``passthrough`` a :class:`ForegroundStarted`;
     at a cap the ServerBusy / TooManyJobs / ForegroundBusy refusal (returned as the
     reply, not raised, so the registry does not crash).
 
-    A foreground job is passed straight through to its caller and recorded like any
-    other; it counts against ``max_foreground_streams`` only, a background job against
-    ``max_concurrent_jobs`` and ``max_jobs_per_user`` only.
+    With a ``passthrough`` (made by the caller, so that it can close the reader even
+    when it never gets the reply) the job is a foreground one: passed straight through
+    to its caller and recorded like any other. It counts against
+    ``max_foreground_streams`` only, a background job against ``max_concurrent_jobs``
+    and ``max_jobs_per_user`` only.
     """
 
     owner: Owner
     request: ChatRequest
-    foreground: bool = False
+    passthrough: Passthrough | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

@@ -41,6 +41,7 @@ from actors.dependencies import (
 )
 from actors.errors import MissingApiKey, ServiceError, UserKeyNotAllowed
 from actors.jobs.following import JobFollower, NotificationFollower
+from actors.jobs.passthrough import Passthrough
 from actors.jobs.persister import Persister
 from actors.jobs.registry import JobRegistry
 from actors.messages import (
@@ -182,18 +183,25 @@ class Service:
         Returns the job (``foreground``) and its passthrough: its head says how the
         upstream answered, its body is the upstream's bytes unchanged, with no retry.
         The caller reads the body to its end or closes the reader; until then the
-        stream waits for it (a cancelled call leaves nobody reading, so the job runs
-        into its timeout). Closing the reader does not stop the job: abort it for that,
-        as a client's Stop does. The job's deltas are stored like any job's; its tool
+        stream waits for it. A call that fails or is cancelled closes the reader, so a
+        job it may have started runs on unread, recorded, to its end. Closing the
+        reader does not stop the job: abort it for that, as a client's Stop does. The job's deltas are stored like any job's; its tool
         calls and images when it ends.
 
         Raises :class:`ForegroundBusy` at the foreground cap, :class:`ServerBusy`
         while shutting down, and what :func:`check_api_key` raises.
         """
         check_api_key(self.config, request.api_key)
-        reply: ForegroundStarted | ServiceError = await self._registry.ask(
-            CreateJob(owner, request, foreground=True), timeout=_ASK_TIMEOUT
-        )
+        passthrough = Passthrough()
+        try:
+            reply: ForegroundStarted | ServiceError = await self._registry.ask(
+                CreateJob(owner, request, passthrough), timeout=_ASK_TIMEOUT
+            )
+        except BaseException:
+            # The job may have started all the same: with its reader closed, its
+            # stream never waits for a reader who is not coming.
+            passthrough.close_reader()
+            raise
         if isinstance(reply, ServiceError):
             raise reply
         return reply

@@ -520,3 +520,17 @@ def test_a_short_jwt_secret_is_refused_without_being_echoed() -> None:
         load_config(env={"TROUPE_JWT_SECRET": "too-short-secret"})
     assert "at least 32 bytes" in str(caught.value)
     assert "too-short-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("algorithm", "needed"), [("HS384", 48), ("HS512", 64)])
+def test_a_jwt_secret_shorter_than_its_hash_is_refused(algorithm: str, needed: int) -> None:
+    secret = "s" * (needed - 1)
+    env = {"TROUPE_JWT_SECRET": secret, "TROUPE_JWT_ALGORITHMS": algorithm}
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+    assert f"at least {needed} bytes" in str(caught.value)
+    assert caught.value.setting == "TROUPE_JWT_SECRET"
+    assert secret not in str(caught.value)
+    assert load_config(env={**env, "TROUPE_JWT_SECRET": "s" * needed}).jwt_algorithms == (
+        algorithm,
+    )

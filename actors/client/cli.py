@@ -30,7 +30,7 @@ from rich.text import Text
 
 from actors.client.client import TroupeClient, TroupeConnectionError, TroupeError
 from actors.config import ConfigError, ServiceConfig, load_config
-from actors.http.auth import TokenAuthority, load_secret
+from actors.http.auth import TokenAuthority
 
 __all__ = ["app", "main"]
 
@@ -116,8 +116,21 @@ class _Connection:
     def resolve_token(self) -> str:
         if self.token:
             return self.token
-        secret = load_secret(_load_config(self.config))
-        return TokenAuthority(secret).mint(DEV_USER, DEV_WORKSPACE, ttl=DEV_TOKEN_TTL)
+        return _minter(self.config).mint(DEV_USER, DEV_WORKSPACE, ttl=DEV_TOKEN_TTL)
+
+
+def _minter(path: Path | None) -> TokenAuthority:
+    """What mints tokens the configured server accepts; exits 2 when it accepts none
+    this side can make (its tokens come from an auth provider or a gateway)."""
+    minter = TokenAuthority.for_config(_load_config(path))
+    if minter is None:
+        raise _fail(
+            "this server checks tokens from an auth provider (jwt_public_key or "
+            "jwt_jwks_url) or trusts a gateway's headers (auth_mode); troupe can only "
+            "mint tokens for a jwt_secret: pass --token",
+            EXIT_CONFIG_ERROR,
+        )
+    return minter
 
 
 def _call(connection: _Connection, action: Callable[[TroupeClient], Awaitable[int]]) -> None:
@@ -192,8 +205,7 @@ def token(
     config: ConfigOption = None,
 ) -> None:
     """Mint a token the server accepts and print it alone on stdout."""
-    secret = load_secret(_load_config(config))
-    typer.echo(TokenAuthority(secret).mint(user, workspace, ttl=ttl, admin=admin))
+    typer.echo(_minter(config).mint(user, workspace, ttl=ttl, admin=admin))
 
 
 # -- client commands -------------------------------------------------------------------

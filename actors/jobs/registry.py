@@ -158,8 +158,8 @@ class JobRegistry(Actor):
                     )
             case Terminated(ref, reason, error):
                 await self._on_stream_stopped(ref, reason, error)
-            case CreateJob(owner, request, foreground):
-                return await self._create(owner, request, foreground)
+            case CreateJob(owner, request, passthrough):
+                return await self._create(owner, request, passthrough)
             case AbortJob(owner, job_id):
                 return await self._abort(owner, job_id)
             case FollowJob(owner, job_id):
@@ -182,8 +182,9 @@ class JobRegistry(Actor):
     # -- the owner's requests ----------------------------------------------------
 
     async def _create(
-        self, owner: Owner, request: ChatRequest, foreground: bool
+        self, owner: Owner, request: ChatRequest, passthrough: Passthrough | None
     ) -> Job | ForegroundStarted | ServiceError:
+        foreground = passthrough is not None
         # A refusal is returned as the reply, never raised: a handler that
         # raises crashes this actor, and the caller would get ActorCrashed.
         if self._draining:
@@ -214,7 +215,6 @@ class JobRegistry(Actor):
             api_key=request.api_key,
             passthrough=foreground,
         )
-        passthrough = Passthrough() if foreground else None
         spec = ChildSpec(
             job.id,
             functools.partial(

@@ -189,3 +189,23 @@ async def test_a_pem_key_serves_only_the_algorithms_it_fits() -> None:
     # A PEM kept on one line with escaped newlines, as deployment tools hold it.
     escaped = public_keys(pem.replace("\n", "\\n"), ALGORITHMS)
     assert set(await escaped.keys_for(None)) == {"RS256"}
+
+
+async def test_a_key_set_past_its_max_age_is_fetched_again_and_a_withdrawn_key_refused(
+    autojump_clock: MockClock,
+) -> None:
+    provider = Provider(RSA_KEY.jwk(), EC_KEY.jwk())
+    keys = JwksKeys(URL, ALGORITHMS, max_age=600.0, transport=httpx.MockTransport(provider.handle))
+    await keys.keys_for("rsa-1")
+    provider.keys = [EC_KEY.jwk()]  # the provider withdraws the RSA key
+
+    await trio.sleep(599.0)
+    assert set(await keys.keys_for("rsa-1")) == {"RS256"}
+    assert provider.fetches == 1
+
+    await trio.sleep(1.0)
+    with pytest.raises(AuthError, match="unknown signing key"):
+        await keys.keys_for("rsa-1")
+    assert provider.fetches == 2
+    assert set(await keys.keys_for("ec-1")) == {"ES256"}
+    assert provider.fetches == 2

@@ -16,6 +16,7 @@ from typing import IO
 
 import attrs
 import httpx
+import jwt
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -280,6 +281,49 @@ def test_bad_configuration_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "TROUPE_PORT" in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"TROUPE_JWT_JWKS_URL": "https://auth.example.test/.well-known/jwks.json"},
+        {"TROUPE_AUTH_MODE": "trusted_headers"},
+    ],
+    ids=["jwks", "trusted-headers"],
+)
+def test_token_refuses_to_mint_what_the_server_would_not_accept(
+    tmp_path: Path, setting: dict[str, str]
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["token", "--user", "u", "--workspace", "w"],
+        env={"TROUPE_DATA_DIR": str(tmp_path), **setting},
+    )
+    assert result.exit_code == 2
+    assert "pass --token" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "jwt-secret").exists()
+
+
+def test_token_uses_the_configured_claims_issuer_and_audience(tmp_path: Path) -> None:
+    env = {
+        "TROUPE_DATA_DIR": str(tmp_path),
+        "TROUPE_JWT_SECRET": "cli-test-secret-0123456789abcdef0123",
+        "TROUPE_USER_CLAIM": "uid",
+        "TROUPE_WORKSPACE_CLAIM": "org_id",
+        "TROUPE_JWT_ISSUER": "https://issuer.test",
+        "TROUPE_JWT_AUDIENCE": "troupe",
+    }
+    result = CliRunner().invoke(app, ["token", "--user", "ada", "--workspace", "acme"], env=env)
+    assert result.exit_code == 0, result.stderr
+    claims = jwt.decode(
+        result.stdout.strip(),
+        env["TROUPE_JWT_SECRET"],
+        algorithms=["HS256"],
+        audience="troupe",
+        issuer="https://issuer.test",
+    )
+    assert (claims["uid"], claims["org_id"]) == ("ada", "acme")
 
 
 @pytest.mark.parametrize(

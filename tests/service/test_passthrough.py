@@ -7,7 +7,9 @@ import trio
 import trio.testing
 
 from actors.jobs.passthrough import PIECES_BUFFERED, Passthrough, PassthroughHead
+from actors.model import JobStatus
 from actors.upstream import UpstreamError
+from tests.service.kit import ALICE, MemoryConfig, OpenSimulatedService, chat, wait_finished
 
 
 def http_error(status: int, body: bytes) -> UpstreamError:
@@ -76,3 +78,36 @@ async def test_once_the_reader_is_gone_pieces_are_dropped_without_waiting(
     passthrough.close()
     with pytest.raises(trio.ClosedResourceError):
         await passthrough.send(b"after the end")
+
+
+async def test_a_cancelled_start_leaves_no_job_waiting_for_a_reader(
+    autojump_clock: trio.testing.MockClock,
+    memory_config: MemoryConfig,
+    open_simulated_service: OpenSimulatedService,
+) -> None:
+    # The simulated answer is ~47 pieces, more than PIECES_BUFFERED: a job whose
+    # reader never came would wait for room until the job timeout.
+    config = memory_config(max_foreground_streams=100)
+    async with open_simulated_service(config, tokens_per_second=1000.0) as service:
+        returned: set[str] = set()
+        for checkpoints in range(12):
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_after(n: int = checkpoints) -> None:
+                        for _ in range(n):
+                            await trio.lowlevel.checkpoint()
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_after)
+                    started = await service.start_foreground(ALICE, chat())
+                    returned.add(started.job.id)
+                    started.passthrough.close_reader()
+        jobs = await service.list_jobs(ALICE)
+        lost = [view.id for view in jobs if view.id not in returned]
+        # Some calls were cut off after their job had started: those are the case.
+        assert lost, "no call was cancelled between the job's start and its reply"
+        with trio.fail_after(60):
+            for job_id in lost:
+                view = await wait_finished(service, job_id)
+                assert view.status is JobStatus.COMPLETE

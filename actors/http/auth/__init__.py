@@ -54,6 +54,6 @@ def build_auth(config: ServiceConfig) -> tuple[Authenticator, TokenAuthority | N
         return JwtAuthenticator(config, jwks), None
     if config.jwt_public_key is not None:
         return JwtAuthenticator(config, public_keys(config.jwt_public_key, algorithms)), None
-    secret = load_secret(config)
-    keys = StaticKeys({algorithm: secret for algorithm in algorithms})
-    return JwtAuthenticator(config, keys), TokenAuthority(secret, algorithms[0])
+    tokens = TokenAuthority.for_config(config)
+    keys = StaticKeys({algorithm: load_secret(config) for algorithm in algorithms})
+    return JwtAuthenticator(config, keys), tokens

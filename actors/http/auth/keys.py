@@ -32,6 +32,9 @@ log = structlog.get_logger("troupe.auth")
 _CURVES: Final = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 JWKS_FETCH_TIMEOUT: Final = 5.0
+JWKS_MAX_AGE: Final = 3600.0
+"""How long a fetched key set is trusted before the next token makes it fetched again,
+so that a key the provider withdrew stops being accepted."""
 """Longest a JWKS fetch may take before it counts as failed (seconds)."""
 
 
@@ -108,7 +111,9 @@ class JwksKeys:
     token, or one signed with a rotated-in key). Concurrent askers share one fetch;
     two fetches are at least ``min_interval`` seconds apart, so tokens with made-up
     ``kid`` values cannot make it hammer the provider: within that time an unknown
-    ``kid`` is refused without asking. A fetch that fails (no answer within
+    ``kid`` is refused without asking. A set older than ``max_age`` seconds is
+    fetched again at the next token, so a withdrawn key stops working. A fetch that
+    fails (no answer within
     ``timeout`` seconds, a non-200 answer, not a JWK set) keeps the keys already
     held and is logged as a warning. A key that fits none of ``algorithms``, a
     private key and a key not meant for signatures are left out.
@@ -120,12 +125,14 @@ class JwksKeys:
         algorithms: tuple[str, ...],
         *,
         min_interval: float = 5.0,
+        max_age: float = JWKS_MAX_AGE,
         timeout: float = JWKS_FETCH_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._url = url
         self._algorithms = algorithms
         self._min_interval = min_interval
+        self._max_age = max(max_age, min_interval)
         self._timeout = timeout
         self._transport = transport
         self._keys: dict[str, dict[str, Any]] = {}
@@ -138,7 +145,7 @@ class JwksKeys:
 
     async def keys_for(self, kid: str | None) -> Mapping[str, Any]:
         """The keys of ``kid``, fetching the set again if it is unknown and the last
-        fetch is ``min_interval`` old.
+        fetch is ``min_interval`` old, or if the set is ``max_age`` old.
 
         Raises :class:`AuthError` if ``kid`` is None or still unknown, or the set
         cannot be fetched. Waits at most ``timeout`` seconds for the provider.
@@ -147,7 +154,7 @@ class JwksKeys:
             await trio.lowlevel.checkpoint()
             raise AuthError("invalid token: it names no signing key (kid)")
         found = self._keys.get(kid)
-        if found is not None:
+        if found is not None and trio.current_time() - self._fetched_at < self._max_age:
             await trio.lowlevel.checkpoint()
             return found
         while True:

@@ -80,11 +80,49 @@ def load_secret(config: ServiceConfig) -> str:
 
 @final
 class TokenAuthority:
-    """Mints tokens signed with an HMAC secret, for the default claims (``sub``, ``workspace``)."""
+    """Mints tokens signed with an HMAC secret.
 
-    def __init__(self, secret: str, algorithm: str = "HS256") -> None:
+    The user and workspace go in ``user_claim`` and ``workspace_claim``, and ``iss``
+    and ``aud`` are set when given, so that a server configured with the same
+    settings accepts the tokens.
+    """
+
+    def __init__(
+        self,
+        secret: str,
+        algorithm: str = "HS256",
+        *,
+        user_claim: str = "sub",
+        workspace_claim: str = "workspace",
+        issuer: str | None = None,
+        audience: str | None = None,
+    ) -> None:
         self._secret = secret
         self._algorithm = algorithm
+        self._user_claim = user_claim
+        self._workspace_claim = workspace_claim
+        self._issuer = issuer
+        self._audience = audience
+
+    @classmethod
+    def for_config(cls, config: ServiceConfig) -> TokenAuthority | None:
+        """What mints tokens a server with ``config`` accepts: None unless its tokens
+        are checked with an HMAC secret (the configured one, or the development
+        secret, which this creates in ``data_dir`` if missing)."""
+        if (
+            config.auth_mode != "jwt"
+            or config.jwt_public_key is not None
+            or config.jwt_jwks_url is not None
+        ):
+            return None
+        return cls(
+            load_secret(config),
+            config.token_algorithms[0],
+            user_claim=config.user_claim,
+            workspace_claim=config.workspace_claim,
+            issuer=config.jwt_issuer,
+            audience=config.jwt_audience,
+        )
 
     def __repr__(self) -> str:
         return "<TokenAuthority>"
@@ -95,10 +133,15 @@ class TokenAuthority:
         now = int(time.time())
         claims: dict[str, object] = {
             "sub": user_id,
-            "workspace": workspace_id,
+            self._user_claim: user_id,
+            self._workspace_claim: workspace_id,
             "iat": now,
             "exp": now + int(ttl),
         }
+        if self._issuer is not None:
+            claims["iss"] = self._issuer
+        if self._audience is not None:
+            claims["aud"] = self._audience
         if admin:
             claims["admin"] = True
         return jwt.encode(claims, self._secret, algorithm=self._algorithm)

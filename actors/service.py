@@ -185,8 +185,8 @@ class Service:
         The caller reads the body to its end or closes the reader; until then the
         stream waits for it. A call that fails or is cancelled closes the reader, so a
         job it may have started runs on unread, recorded, to its end. Closing the
-        reader does not stop the job: abort it for that, as a client's Stop does. The job's deltas are stored like any job's; its tool
-        calls and images when it ends.
+        reader does not stop the job: abort it for that, as a client's Stop does. The
+        job's deltas are stored like any job's; its tool calls and images when it ends.
 
         Raises :class:`ForegroundBusy` at the foreground cap, :class:`ServerBusy`
         while shutting down, and what :func:`check_api_key` raises.

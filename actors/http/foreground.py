@@ -17,7 +17,7 @@ from actors.errors import ServerBusy
 from actors.http.errors import SERVICE_ERRORS
 from actors.http.events import ShutdownSignal
 from actors.http.request_context import DIRECT_SEND
-from actors.http.sse import raise_single
+from actors.http.sse import client_gone, raise_single
 from actors.messages import ForegroundStarted
 from actors.model import Owner
 from actors.service import Service
@@ -121,9 +121,6 @@ class ForegroundResponse(Response):
             await direct({"type": "http.response.body", "body": data, "more_body": True})
 
     async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._disconnected = True
-                scope.cancel()
-                return
+        await client_gone(receive)
+        self._disconnected = True
+        scope.cancel()

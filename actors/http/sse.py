@@ -30,7 +30,7 @@ from actors.http.request_context import DIRECT_SEND
 from actors.http.schemas import delta_json, job_json, status_json
 from actors.jobs.following import JobFollower
 
-__all__ = ["KEEPALIVE", "JobEventStream", "encode_event", "raise_single"]
+__all__ = ["KEEPALIVE", "JobEventStream", "client_gone", "encode_event", "raise_single"]
 
 KEEPALIVE = b": keep-alive\n\n"
 """The comment sent on an idle stream, so that proxies do not drop it."""
@@ -165,12 +165,16 @@ class JobEventStream(Response):
                 await self._write(send, KEEPALIVE)
 
     async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._disconnected = True
-                scope.cancel()
-                return
+        await client_gone(receive)
+        self._disconnected = True
+        scope.cancel()
+
+
+async def client_gone(receive: Receive) -> None:
+    """Return once the client has disconnected. Hypercorn drops sends after a
+    disconnect silently, so only ``receive()`` tells."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def raise_single(group: BaseExceptionGroup[BaseException]) -> None:

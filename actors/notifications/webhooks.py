@@ -116,6 +116,7 @@ def job_event(job: Job, content_length: int, at: datetime) -> WebhookEvent:
         "started_at": _time(job.started_at),
         "completed_at": _time(job.completed_at),
         "content_length": content_length,
+        "foreground": job.foreground,
     }
     return _event(f"msg_job_{job.id}", JOB_EVENT_TYPES[job.status], at, data)
 

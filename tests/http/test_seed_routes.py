@@ -9,20 +9,12 @@ import trio
 
 from tests.fake_upstream import FakeUpstream, Script
 from tests.http.conftest import ApiServer, OpenApiServer, fake_settings, wait_until
+from tests.http.test_seed_compat import RUNNING_KEYS
 
 ANSWER = "Background answers keep streaming after the tab closes"
 # The keys of a running job's status; a finished job adds completedAt, a failed one
 # error too (the seed left unset fields out).
-STATUS_KEYS = {
-    "id",
-    "status",
-    "threadId",
-    "messageId",
-    "model",
-    "chunksReceived",
-    "startedAt",
-    "content",
-}
+STATUS_KEYS = set(RUNNING_KEYS)
 NOT_FOUND = {"error": "Job not found or unauthorized"}
 NOT_ABORTED = {"aborted": False, "message": "Job not found, unauthorized, or already complete"}
 

@@ -514,6 +514,7 @@ async def test_a_completed_job_queues_its_notification_and_its_status(
         "started_at": job.started_at.isoformat(),
         "completed_at": job.completed_at.isoformat() if job.completed_at else None,
         "content_length": len("Hello, wörld"),
+        "foreground": False,
     }
     assert datetime.fromisoformat(payloads[0]["timestamp"]).tzinfo is not None
 

@@ -59,7 +59,7 @@ ENV_PREFIX: Final = "TROUPE_"
 
 OPENROUTER_KEY_VAR: Final = "OPENROUTER_API_KEY"
 
-StoreName = Literal["memory", "sqlite"]
+StoreName = Literal["memory", "sqlite", "redis"]
 UpstreamName = Literal["simulated", "openai"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 AuthMode = Literal["jwt", "trusted_headers"]
@@ -139,6 +139,12 @@ def _one_of(choices: Any) -> _Validator:
 def _not_blank(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value.strip():
         raise _InvalidValue(attribute.name, f"must not be empty (got {value!r})")
+
+
+def _redis_url(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    # The URL may hold a password: say what is wrong without echoing it.
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise _InvalidValue(attribute.name, "must be a redis://, rediss:// or unix:// URL")
 
 
 def _http_url(_instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -221,7 +227,28 @@ class ServiceConfig:
     """
 
     store: StoreName = attrs.field(default="sqlite", validator=_one_of(StoreName))
-    """Job store backend: ``"memory"`` or ``"sqlite"``."""
+    """Job store backend: ``"memory"``, ``"sqlite"``, or ``"redis"``, which several
+    processes share (see ``redis_url``)."""
+    redis_url: str = attrs.field(
+        default="redis://127.0.0.1:6379/0", validator=_redis_url, repr=False
+    )
+    """The Redis server of ``store = "redis"``. A password in it is never shown."""
+    redis_prefix: str = attrs.field(default="troupe:", validator=_not_blank)
+    """Prefix of every Redis key and channel, so two deployments can share one Redis."""
+    redis_connect_timeout: float = attrs.field(default=5.0, validator=_above(0))
+    """How long connecting to Redis may take."""
+    redis_command_timeout: float = attrs.field(default=5.0, validator=_above(0))
+    """How long one Redis command may take (blocking reads excepted)."""
+    node_id: str | None = attrs.field(default=None, validator=_optional(_not_blank))
+    """This process's name among the processes sharing a store; None generates one
+    when the service starts."""
+    lease_period: float = attrs.field(default=5.0, validator=_above(0))
+    """On a shared store: a process renews the lease on each job it streams this
+    often (three times a period); a job whose lease ran out (its process died) is
+    ended ``error`` "interrupted: node lost" by another process within two periods."""
+    store_outage_grace: float = attrs.field(default=30.0, validator=_above(0))
+    """How long running jobs keep streaming into memory while the store cannot be
+    written; past it they fail with "store unavailable"."""
     data_dir: Path = Path("data")
     """Where persistent state lives (the SQLite database, a generated JWT secret).
     A relative path is relative to the working directory of the process."""

@@ -272,7 +272,11 @@ def test_openrouter_api_key_beats_file_key(tmp_path: Path) -> None:
         ("drain_timeout = -1", "drain_timeout", "must be >= 0 (got -1.0)"),
         ("port = 70000", "port", "must be between 0 and 65535 (got 70000)"),
         ("port = -1", "port", "must be between 0 and 65535 (got -1)"),
-        ("store = 'redis'", "store", "must be one of 'memory', 'sqlite' (got 'redis')"),
+        (
+            "store = 'postgres'",
+            "store",
+            "must be one of 'memory', 'sqlite', 'redis' (got 'postgres')",
+        ),
         ("upstream = 'anthropic'", "upstream", "'simulated', 'openai' (got 'anthropic')"),
         ("log_level = 'loud'", "log_level", "'debug', 'info', 'warning', 'error' (got 'loud')"),
         ("upstream_base_url = 'openrouter.ai'", "upstream_base_url", "http:// or https://"),
@@ -309,8 +313,8 @@ def test_invalid_file_value_names_its_field_and_value(
         ("TROUPE_RETENTION", "-5", "TROUPE_RETENTION: must be > 0 (got -5.0)"),
         (
             "TROUPE_STORE",
-            "redis",
-            "TROUPE_STORE: must be one of 'memory', 'sqlite' (got 'redis')",
+            "postgres",
+            "TROUPE_STORE: must be one of 'memory', 'sqlite', 'redis' (got 'postgres')",
         ),
     ],
 )

@@ -14,16 +14,21 @@ itself cannot do.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import enum
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 
 from actors.model import Delta, Job, JobStatus, Notification, Owner, WebhookEvent
 
 __all__ = [
+    "Admission",
+    "ClusterStore",
     "JobStore",
+    "Limits",
     "JobSummary",
     "NotificationStore",
     "OutboxSummary",
@@ -287,6 +292,93 @@ class WebhookOutbox(Protocol):
 
 class Store(JobStore, NotificationStore, WebhookOutbox, Protocol):
     """One backend serving jobs, notifications and webhooks; what the factory builds."""
+
+
+@attrs.frozen
+class Limits:
+    """The caps a new job is admitted under (see :meth:`ClusterStore.admit_job`)."""
+
+    max_concurrent_jobs: int
+    max_jobs_per_user: int
+    max_foreground_streams: int
+
+
+class Admission(enum.Enum):
+    """What :meth:`ClusterStore.admit_job` decided."""
+
+    ADMITTED = "admitted"
+    GLOBAL_CAP = "global_cap"
+    USER_CAP = "user_cap"
+    FOREGROUND_CAP = "foreground_cap"
+
+
+@runtime_checkable
+class ClusterStore(Store, Protocol):
+    """A store several processes (nodes) share, with what they need to act as one.
+
+    On such a store a job is *running* from :meth:`admit_job` until
+    :meth:`~JobStore.update_job` makes it terminal: the first terminal update wins
+    across all nodes (it returns True once), takes the job out of the running set,
+    wakes its live readers (:meth:`read_live` reports it ended), and schedules the
+    job's deletion ``retention`` seconds after its ``completed_at`` (the backend
+    expires it; :meth:`~JobStore.delete_finished_before` still works). The node that
+    admitted a job holds a lease on it, renewed while it streams; a job whose lease
+    ran out lost its node (:meth:`expired_jobs`).
+    """
+
+    async def admit_job(self, job: Job, limits: Limits, node_id: str, lease: float) -> Admission:
+        """Create ``job`` (as :meth:`~JobStore.create_job`) unless that would pass a cap,
+        atomically across every node, and give ``node_id`` its lease for ``lease``
+        seconds.
+
+        A foreground job (``job.foreground``) counts against
+        ``limits.max_foreground_streams`` only; a background one against
+        ``max_concurrent_jobs`` and, per ``job.user_id`` (across workspaces),
+        ``max_jobs_per_user``. Returns the refusal, creating nothing, or ADMITTED.
+        Raises :class:`StoreError` if a job with its id exists or the backend fails.
+        If cancelled, the job may still be admitted.
+        """
+        ...
+
+    async def renew_leases(self, node_id: str, job_ids: Collection[str], lease: float) -> set[str]:
+        """Extend for ``lease`` seconds ``node_id``'s leases on ``job_ids``, in one round
+        trip; return the ids whose lease it no longer holds (they expired, and another
+        node may have ended the job), renewing nothing for those."""
+        ...
+
+    async def expired_jobs(self) -> list[str]:
+        """The running jobs whose node's lease has run out, oldest first."""
+        ...
+
+    async def mark_watched(self, job_id: str, duration: float) -> None:
+        """Record that someone (a poll, a follower on any node) watches the job for
+        the next ``duration`` seconds; a later mark extends it."""
+        ...
+
+    async def is_watched(self, job_id: str) -> bool:
+        """Whether a :meth:`mark_watched` of the job is still within its duration."""
+        ...
+
+    async def read_live(
+        self, job_id: str, after_seq: int, timeout: float, limit: int = 256
+    ) -> tuple[list[Delta], bool]:
+        """The job's stored deltas after ``after_seq`` (at most ``limit``, ascending),
+        waiting up to ``timeout`` seconds for one if there is none yet; and whether the
+        job has ended (every delta it will ever have is then at or before the last one
+        returned, or was returned before). Returns ``([], False)`` on timeout. A
+        missing job counts as ended. Cancellation loses nothing."""
+        ...
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Send ``message`` to every node subscribed to ``channel`` now (at most once,
+        none to a node that is not subscribed)."""
+        ...
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """``async with store.subscribe(ch) as messages: async for m in messages``:
+        what is published on ``channel`` from when the block is entered. Iteration
+        raises :class:`StoreError` when the connection is lost (subscribe again)."""
+        ...
 
 
 def as_utc(value: datetime, what: str) -> datetime:

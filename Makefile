@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench serve format clean
+.PHONY: test deps lint bench serve format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,13 +20,38 @@ lint: $(STAMP)
 	MYPYPATH=benchmarks $(BIN)/mypy --strict benchmarks/*.py
 	$(BIN)/lint-imports
 
-test: $(STAMP) lint
+# The multi-process tests (tests/cluster) start their own redis-server and nginx.
+# Debian's packages are installed when either is missing (apt-get update only then).
+# With CI=true one still missing is an error; elsewhere a warning, and those tests fail.
+SERVER_PACKAGES := redis-server nginx
+
+deps:
+	@export PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
+	for program in $(SERVER_PACKAGES); do \
+		command -v $$program >/dev/null || missing="$$missing $$program"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	sudo=""; [ "$$(id -u)" = 0 ] || sudo="$$(command -v sudo || echo none)"; \
+	if [ "$$sudo" != none ]; then \
+		echo "installing$$missing"; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+		&& $$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing; \
+	fi; \
+	for program in $$missing; do \
+		command -v $$program >/dev/null && continue; \
+		[ "$$CI" = true ] && { echo "error: $$program is missing" >&2; exit 1; }; \
+		echo "warning: $$program is missing: the tests in tests/cluster will fail" >&2; \
+	done; true
+
+test: $(STAMP) deps lint
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: $(STAMP) deps
 	$(BIN)/python benchmarks/runtime_bench.py
 	$(BIN)/python benchmarks/service_bench.py
 	$(BIN)/python benchmarks/jobs_bench.py
+	$(BIN)/python benchmarks/resume_bench.py
 
 serve: $(STAMP)
 	$(BIN)/python examples/server.py

@@ -126,5 +126,10 @@ class StatusEvent:
     usage: Usage | None
     last_seq: int
 
+    @classmethod
+    def of(cls, job: Job) -> StatusEvent:
+        """The status of ``job`` as it is (stored)."""
+        return cls(job.status, job.error, job.finish_reason, job.usage, job.last_seq)
+
 
 JobEvent = SnapshotEvent | DeltaEvent | StatusEvent

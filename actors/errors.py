@@ -8,6 +8,7 @@ __all__ = [
     "MissingApiKey",
     "ServerBusy",
     "ServiceError",
+    "StoreUnavailable",
     "TooManyJobs",
     "UserKeyNotAllowed",
 ]
@@ -19,6 +20,11 @@ class ServiceError(Exception):
 
 class ServerBusy(ServiceError):
     """The global cap on running jobs is reached, or the service is shutting down."""
+
+
+class StoreUnavailable(ServerBusy):
+    """The store does not answer (a shared store's server is down or out of reach): try
+    again later. Nothing already stored is lost."""
 
 
 class ForegroundBusy(ServerBusy):

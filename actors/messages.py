@@ -1,6 +1,8 @@
 """The messages the service's actors exchange, one section per protocol.
 
-Replies are noted per message; "tell" messages have none.
+Replies are noted per message; "tell" messages have none. A reply that reads the
+store may instead be a :class:`~actors.errors.StoreUnavailable` (returned, not
+raised, so that an outage does not crash the actor) where the message says so.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ __all__ = [
     "InterruptAll",
     "JobFinished",
     "JobPolled",
+    "JobsLost",
+    "LeasedJobs",
     "ListNotifications",
     "MarkAllRead",
     "MarkRead",
     "MuteThread",
     "Ping",
+    "ReapJobs",
     "StreamFailed",
     "StreamFinished",
     "StreamOpened",
@@ -47,8 +52,8 @@ __all__ = [
 @attrs.frozen
 class CreateJob:
     """Reply: the new :class:`Job`, or with a ``passthrough`` a :class:`ForegroundStarted`;
-    at a cap the ServerBusy / TooManyJobs / ForegroundBusy refusal (returned as the
-    reply, not raised, so the registry does not crash).
+    at a cap the ServerBusy / TooManyJobs / ForegroundBusy refusal, and StoreUnavailable
+    (returned as the reply, not raised, so the registry does not crash).
 
     With a ``passthrough`` (made by the caller, so that it can close the reader even
     when it never gets the reply) the job is a foreground one: passed straight through
@@ -73,7 +78,8 @@ class ForegroundStarted:
 
 @attrs.frozen
 class AbortJob:
-    """Reply: True if this call aborted a running job of the owner's."""
+    """Reply: True if this call aborted a running job of the owner's (on a shared
+    store, one running on any node), or StoreUnavailable."""
 
     owner: Owner
     job_id: str
@@ -92,7 +98,8 @@ class Subscription:
 
 @attrs.frozen
 class FollowJob:
-    """Reply: a :class:`Subscription`, or None if the job is not the owner's."""
+    """Reply: a :class:`Subscription`, None if the job is not the owner's, or
+    StoreUnavailable."""
 
     owner: Owner
     job_id: str
@@ -113,9 +120,43 @@ class BeginDrain:
 
 @attrs.frozen
 class InterruptAll:
-    """Stop every running job, recording it as an error with ``reason``. Reply: how many."""
+    """Stop every running job, recording it as an error with ``reason``. Reply: how many.
+
+    With ``store_down`` (from the persister, once the store has failed for
+    ``store_outage_grace``) the store is not tried now: each job ends at once for its
+    followers here, and its end is stored when the store answers again.
+    """
 
     reason: str
+    store_down: bool = False
+
+
+# -- JobRegistry: from the LeaseKeeper and the control channel (shared stores) ----
+
+
+@attrs.frozen
+class LeasedJobs:
+    """Reply: the ids of the jobs this node holds leases on: those it runs, and those
+    it ended but could not yet store the end of."""
+
+
+@attrs.frozen
+class JobsLost:
+    """This node no longer holds these jobs: another node ended them (an abort), or
+    their lease ran out. Each one running here stops; its log ends with the status the
+    store has, or, if the store still has it running, the job ends "interrupted: node
+    lost" as a reaper would end it."""
+
+    job_ids: frozenset[str]
+
+
+@attrs.frozen
+class ReapJobs:
+    """These jobs' nodes lost their leases (they died): end each one still running
+    "interrupted: node lost", keeping its content. Reply: how many this node ended
+    (and notified of); another node may have ended some first."""
+
+    job_ids: tuple[str, ...]
 
 
 # -- JobRegistry: from its StreamActors ----------------------------------------
@@ -178,12 +219,13 @@ class SweepResult:
     deleted: int
 
 
-# -- Notifier -------------------------------------------------------------------
+# -- Notifier: every reply may be StoreUnavailable instead -----------------------
 
 
 @attrs.frozen
 class JobFinished:
-    """A job ended. Reply: the :class:`Notification` created, or None.
+    """A job ended. Reply: the :class:`Notification` created, None, or StoreUnavailable
+    (then nothing was stored: ask again).
 
     ``watched`` is True when a follower was attached at that moment, or its
     owner had polled it within ``watch_window`` seconds.
@@ -244,4 +286,5 @@ class WebhooksQueued:
 
 @attrs.frozen
 class Ping:
-    """Reply: None once the store answered; raises if it is unreachable."""
+    """Reply: True once the store answered, False if it failed (within the store's
+    own command timeout)."""

@@ -8,6 +8,7 @@
     ├── notifier   Notifier
     ├── persister  Persister: every running job's new deltas, one write per tick
     ├── registry   JobRegistry: the one authority on job lifecycle
+    ├── leases     LeaseKeeper: this node's leases, other nodes' dead jobs (shared store only)
     ├── streams    supervisor of per-job StreamActors (dynamic, TEMPORARY)
     └── sweeper    Sweeper: timeouts and retention, on trio's clock
 
@@ -15,14 +16,19 @@ A token goes from the upstream to the job's stream actor, into the job's log,
 and from there to its followers; the persister stores it beside that path.
 The facade asks the actors for lifecycle changes and reads finished jobs and
 lists straight from the store; the HTTP adapter and the CLI use nothing else.
+
+On a store several processes share (Redis), each runs this tree as one node
+(``node_id``): any node serves any job, and the store keeps the caps exact
+across them (see :mod:`actors.jobs.registry`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import structlog
@@ -37,9 +43,10 @@ from actors.dependencies import (
     SERVICE,
     STORE,
     ServiceDependencies,
-    new_id,
+    new_node_id,
 )
-from actors.errors import MissingApiKey, ServiceError, UserKeyNotAllowed
+from actors.errors import MissingApiKey, ServiceError, StoreUnavailable, UserKeyNotAllowed
+from actors.jobs.cluster import LeaseKeeper
 from actors.jobs.following import JobFollower, NotificationFollower
 from actors.jobs.passthrough import Passthrough
 from actors.jobs.persister import Persister
@@ -64,13 +71,17 @@ from actors.model import Job, JobStatus, Notification, Owner
 from actors.notifications.notifier import Notifier
 from actors.notifications.webhooks import WebhookSender
 from actors.store_keeper import StoreKeeper
-from actors.stores import Store, StoreFactory
+from actors.stores import Store, StoreError, StoreFactory
+from actors.stores.protocol import ClusterStore
 from actors.sweeper import Sweeper
 from actors.upstream import OpenAICompatibleUpstream, SimulatedUpstream, Upstream
 from runtime import (
+    ActorCrashed,
+    ActorRef,
     ActorSnapshot,
     ActorStopped,
     ActorSystem,
+    AskTimeout,
     ChildSpec,
     MailboxFull,
     Strategy,
@@ -84,6 +95,15 @@ log = structlog.get_logger("troupe.service")
 
 # How long a facade call waits for an actor before giving up.
 _ASK_TIMEOUT = 30.0
+
+
+@contextlib.contextmanager
+def _store_answers() -> Iterator[None]:
+    """Turn a store failure into :class:`StoreUnavailable`, which callers expect."""
+    try:
+        yield
+    except StoreError as error:
+        raise StoreUnavailable("the store does not answer; try again later") from error
 
 
 def build_upstream(config: ServiceConfig) -> Upstream:
@@ -117,13 +137,15 @@ def check_api_key(config: ServiceConfig, user_key: str | None) -> None:
         raise MissingApiKey("the server has no upstream key; send your own as a Bearer token")
 
 
-def service_spec(deps: ServiceDependencies) -> SupervisorSpec:
-    """The service supervisor and its static children, in start order."""
+def service_spec(deps: ServiceDependencies, *, shared: bool) -> SupervisorSpec:
+    """The service supervisor and its static children, in start order; ``shared``:
+    the store is one several nodes share."""
     webhooks = (
         []
         if deps.config.webhook_url is None
         else [ChildSpec("webhooks", functools.partial(WebhookSender, deps))]
     )
+    leases = [ChildSpec("leases", functools.partial(LeaseKeeper, deps))] if shared else []
     return SupervisorSpec(
         strategy=Strategy.ONE_FOR_ONE,
         max_restarts=10,
@@ -134,6 +156,7 @@ def service_spec(deps: ServiceDependencies) -> SupervisorSpec:
             ChildSpec("notifier", functools.partial(Notifier, deps)),
             ChildSpec("persister", functools.partial(Persister, deps)),
             ChildSpec("registry", functools.partial(JobRegistry, deps)),
+            *leases,
             ChildSpec("streams", SupervisorSpec(max_restarts=1_000_000, within=1.0)),
             ChildSpec("sweeper", functools.partial(Sweeper, deps)),
         ],
@@ -146,19 +169,31 @@ class Service:
     Every method is scoped by an :class:`Owner`: a job or notification of
     another owner behaves exactly like a missing one. Methods wait for the
     actors (at most 30 s) and may be cancelled; a cancelled call may still
-    take effect.
+    take effect. Any of them but :meth:`follow_notifications` may raise
+    :class:`StoreUnavailable` while the store does not answer.
+
+    ``node_id`` names this process among those sharing a store.
     """
 
     def __init__(self, system: ActorSystem, deps: ServiceDependencies, store: Store) -> None:
         self.system = system
         self.config = deps.config
         self.metrics = deps.metrics
+        self.node_id = deps.node_id
         self._deps = deps
         self._store = store
+        self._cluster = store if isinstance(store, ClusterStore) else None
         registry, notifier = system.lookup(REGISTRY), system.lookup(NOTIFIER)
         assert registry is not None and notifier is not None
         self._registry = registry
         self._notifier = notifier
+
+    async def _ask(self, actor: ActorRef, message: object) -> Any:
+        """``actor``'s reply to ``message``; raises the reply if it is a ServiceError."""
+        reply = await actor.ask(message, timeout=_ASK_TIMEOUT)
+        if isinstance(reply, ServiceError):
+            raise reply
+        return reply
 
     # -- jobs --------------------------------------------------------------------
 
@@ -170,12 +205,8 @@ class Service:
         raises.
         """
         check_api_key(self.config, request.api_key)
-        reply: Job | ServiceError = await self._registry.ask(
-            CreateJob(owner, request), timeout=_ASK_TIMEOUT
-        )
-        if isinstance(reply, ServiceError):
-            raise reply
-        return reply
+        job: Job = await self._ask(self._registry, CreateJob(owner, request))
+        return job
 
     async def start_foreground(self, owner: Owner, request: ChatRequest) -> ForegroundStarted:
         """Start streaming ``request`` straight through to the caller, recorded as a job.
@@ -224,28 +255,36 @@ class Service:
         running job counts as watched for ``watch_window`` seconds: if it ends
         meanwhile, it notifies nobody. The registry is told without waiting;
         when its mailbox is full, this poll is not counted (the next one is).
+        On a shared store the poll counts on every node, whichever runs the job.
         """
-        job = await self._store.get_job(job_id)
+        with _store_answers():
+            job = await self._store.get_job(job_id)
         if job is None or job.owner != owner:
             return None
         if watching and not job.status.is_terminal:
             with contextlib.suppress(MailboxFull, ActorStopped):
                 self._registry.tell_nowait(JobPolled(job_id))
+            if self._cluster is not None and self.config.watch_window > 0:
+                # The poll was answered; a lost mark only risks a notification.
+                with contextlib.suppress(StoreError):
+                    await self._cluster.mark_watched(job_id, self.config.watch_window)
         return JobView.of(job, offset, reasoning_offset)
 
     async def abort_job(self, owner: Owner, job_id: str) -> bool:
         """Abort a running job; closes the upstream response. Idempotent.
 
         Returns True if this call aborted it; False if it is missing, not the
-        owner's, or already finished.
+        owner's, or already finished. On a shared store it aborts a job running on
+        any node.
         """
-        aborted: bool = await self._registry.ask(AbortJob(owner, job_id), timeout=_ASK_TIMEOUT)
+        aborted: bool = await self._ask(self._registry, AbortJob(owner, job_id))
         return aborted
 
     async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[JobView]:
         """The owner's jobs, newest first, without their content."""
         # Summaries: the lengths, never the content itself, of every job.
-        summaries = await self._store.list_job_summaries(owner, status)
+        with _store_answers():
+            summaries = await self._store.list_job_summaries(owner, status)
         return [
             attrs.evolve(
                 JobView.of(s.job),
@@ -260,9 +299,10 @@ class Service:
     def follow(self, owner: Owner, job_id: str, after_seq: int | None = None) -> JobFollower:
         """An async iterator of the job's events: snapshot, deltas after ``after_seq``, status.
 
-        Iterating raises :class:`JobNotFound` if the job is not the owner's.
+        Iterating raises :class:`JobNotFound` if the job is not the owner's. On a shared
+        store it follows a job running on any node.
         """
-        return JobFollower(self._registry, self._store, owner, job_id, after_seq)
+        return JobFollower(self._registry, self._store, owner, job_id, after_seq, self._cluster)
 
     async def sweep(self) -> SweepResult:
         """Run a sweep now (timeouts and retention), as the sweeper does periodically."""
@@ -274,25 +314,21 @@ class Service:
     async def list_notifications(
         self, owner: Owner, unread_only: bool = False, limit: int = 50
     ) -> list[Notification]:
-        found: list[Notification] = await self._notifier.ask(
-            ListNotifications(owner, unread_only, limit), timeout=_ASK_TIMEOUT
+        found: list[Notification] = await self._ask(
+            self._notifier, ListNotifications(owner, unread_only, limit)
         )
         return found
 
     async def mark_read(self, owner: Owner, notification_id: str) -> bool:
-        done: bool = await self._notifier.ask(
-            MarkRead(owner, notification_id), timeout=_ASK_TIMEOUT
-        )
+        done: bool = await self._ask(self._notifier, MarkRead(owner, notification_id))
         return done
 
     async def mark_all_read(self, owner: Owner) -> int:
-        count: int = await self._notifier.ask(MarkAllRead(owner), timeout=_ASK_TIMEOUT)
+        count: int = await self._ask(self._notifier, MarkAllRead(owner))
         return count
 
     async def delete_notification(self, owner: Owner, notification_id: str) -> bool:
-        done: bool = await self._notifier.ask(
-            DeleteNotification(owner, notification_id), timeout=_ASK_TIMEOUT
-        )
+        done: bool = await self._ask(self._notifier, DeleteNotification(owner, notification_id))
         return done
 
     def follow_notifications(self, owner: Owner) -> NotificationFollower:
@@ -301,7 +337,7 @@ class Service:
 
     async def mute_thread(self, owner: Owner, thread_id: str, muted: bool = True) -> None:
         """Mute (or unmute) a thread: jobs in a muted thread notify nobody."""
-        await self._notifier.ask(MuteThread(owner, thread_id, muted), timeout=_ASK_TIMEOUT)
+        await self._ask(self._notifier, MuteThread(owner, thread_id, muted))
 
     # -- operations ------------------------------------------------------------------
 
@@ -310,15 +346,18 @@ class Service:
         return self.system.snapshot()
 
     async def ready(self) -> bool:
-        """True when the tree runs and the store answers."""
+        """True when the tree runs and the store answers. Waits at most a second
+        longer than a store command may take."""
         keeper = self.system.lookup(STORE)
         if keeper is None:
             return False
         try:
-            await keeper.ask(Ping(), timeout=5.0)
-        except Exception:
+            answered: bool = await keeper.ask(
+                Ping(), timeout=self.config.redis_command_timeout + 1.0
+            )
+        except (ActorStopped, ActorCrashed, AskTimeout):
             return False
-        return True
+        return answered
 
     async def drain(self, timeout: float) -> int:
         """Refuse new jobs, let running ones finish for up to ``timeout`` seconds,
@@ -337,29 +376,47 @@ class Service:
         return interrupted
 
 
+class _GivenStore:
+    """A store the caller of :func:`open_service` made, and closes."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def get(self) -> Store:
+        await trio.lowlevel.checkpoint()
+        return self._store
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
 @asynccontextmanager
 async def open_service(
-    config: ServiceConfig, *, upstream: Upstream | None = None
+    config: ServiceConfig, *, upstream: Upstream | None = None, store: Store | None = None
 ) -> AsyncIterator[Service]:
     """Run the service for the duration of the ``async with`` block.
 
-    ``upstream`` replaces the configured upstream client (tests, embedding).
-    On start, jobs a previous process left running become errors
-    ("interrupted: server restarted") with their partial content and a
-    notification. On exit, running jobs drain for ``config.drain_timeout``
-    seconds, then the rest are recorded as interrupted, and the tree stops.
-    Raises :class:`~actors.stores.StoreError` if the store cannot be opened.
+    ``upstream`` replaces the configured upstream client, ``store`` the configured
+    store (tests, embedding; the caller closes it). On start, jobs a previous
+    process left running become errors ("interrupted: server restarted") with
+    their partial content and a notification; on a store several nodes share,
+    they are left to their nodes, and a dead node's jobs end "interrupted: node
+    lost". On exit, running jobs drain for ``config.drain_timeout`` seconds,
+    then the rest are recorded as interrupted, and the tree stops. Raises
+    :class:`~actors.stores.StoreError` if the store cannot be opened.
     """
-    stores = StoreFactory(config.store, config.data_dir)
+    stores = StoreFactory(config) if store is None else _GivenStore(store)
     own_upstream = upstream is None
     client = build_upstream(config) if upstream is None else upstream
+    node_id = config.node_id or new_node_id()
     try:
-        store = await stores.get()
+        opened = await stores.get()
         async with open_system() as system:
-            deps = ServiceDependencies(config, stores, client, TrioWallClock(), new_id)
-            spec = service_spec(deps)
-            await system.spawn_supervisor(spec, name=SERVICE)
-            service = Service(system, deps, store)
+            deps = ServiceDependencies(config, stores, client, TrioWallClock(), node_id=node_id)
+            shared = isinstance(opened, ClusterStore)
+            log.info("service starting", node_id=node_id, store=config.store, shared=shared)
+            await system.spawn_supervisor(service_spec(deps, shared=shared), name=SERVICE)
+            service = Service(system, deps, opened)
             deps.metrics.watch_tree(system.snapshot)
             try:
                 yield service

@@ -2,7 +2,9 @@
 
 It is the first child of the service, so the store is open (and migrated)
 before the registry and the notifier start, and a readiness probe can ask it
-whether the store still answers.
+whether the store still answers. A store that does not is an answer, not a
+crash: a probe every few seconds of a store that is down must not take the
+service down.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from actors.dependencies import ServiceDependencies
 from actors.messages import Ping
+from actors.stores import StoreError
 from runtime import Actor
 
 __all__ = ["StoreKeeper"]
@@ -25,6 +28,9 @@ class StoreKeeper(Actor):
 
     async def handle(self, message: Any) -> Any:
         if isinstance(message, Ping):
-            await self._store.ping()
-            return None
+            try:
+                await self._store.ping()
+            except StoreError:
+                return False
+            return True
         self.unhandled(message)

@@ -13,9 +13,15 @@ import importlib.metadata
 import math
 import os
 import platform
+import shutil
+import socket
 import statistics
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
 
 import attrs
 import trio
@@ -28,6 +34,7 @@ __all__ = [
     "Benchmark",
     "BenchmarkError",
     "BenchmarkResult",
+    "RedisServer",
     "Side",
     "SideResult",
     "Timed",
@@ -36,6 +43,7 @@ __all__ = [
     "measure",
     "print_machine",
     "rate",
+    "redis_server",
     "results_table",
     "run_benchmark",
     "under_trio",
@@ -43,6 +51,7 @@ __all__ = [
 
 REPEATS = 3
 WARMUP_FRACTION = 10
+REDIS_START_TIMEOUT: Final = 10.0
 
 # A timed function does ``n`` operations and returns the seconds they took.
 Timed = Callable[[int], float]
@@ -265,3 +274,67 @@ def results_table(results: list[BenchmarkResult], title: str) -> Table:
                 "-",
             )
     return table
+
+
+@attrs.frozen
+class RedisServer:
+    """A running ``redis-server``: where to reach it, its process id (for its CPU) and
+    its version."""
+
+    url: str
+    pid: int
+    version: str
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[RedisServer]:
+    """Run a ``redis-server`` of the benchmark's own for the block: 127.0.0.1 at a free
+    port, working in ``directory``, with no persistence.
+
+    Blocks until it answers ``PING``; stops it (SIGTERM, then SIGKILL after 10 s) on
+    the way out. Raises :class:`BenchmarkError` if ``redis-server`` is not installed
+    or does not start.
+    """
+    executable = shutil.which("redis-server")
+    expect(executable is not None, "redis-server not found: install Debian's redis-server")
+    assert executable is not None
+    found = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True)
+    version = found.stdout.partition(" v=")[2].split(" ", 1)[0] or found.stdout.strip()
+    port = _free_port()
+    log = directory / "redis.log"
+    argv = [executable, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory)]
+    argv += ["--save", "", "--appendonly", "no", "--logfile", str(log)]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for_pong(process, port, log)
+        yield RedisServer(f"redis://127.0.0.1:{port}/0", process.pid, version)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_for_pong(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + REDIS_START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                connection.sendall(b"PING\r\n")
+                if connection.recv(64) == b"+PONG\r\n":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    tail = log.read_text(errors="replace").splitlines()[-10:] if log.exists() else []
+    raise BenchmarkError("redis-server did not start:\n" + "\n".join(tail))

@@ -1,21 +1,35 @@
-"""How many live streaming jobs one troupe server holds, against a bare relay in the same run.
+"""How many live streaming jobs troupe holds: one process on SQLite, one and two
+processes sharing a Redis, and a bare relay as the baseline, all in the same run.
 
 Usage::
 
     python benchmarks/jobs_bench.py [--quick] [--ladder 25,50,...] [--tokens 200]
-                                    [--rate 20] [--systems troupe,relay] [--json PATH]
+                                    [--rate 20] [--systems sqlite,redis-1,redis-2,relay]
+                                    [--json PATH]
 
 ``--help`` lists the rest (ramp, users, follower processes, poll rate, lag limit,
 attempts). ``--report PATH`` prints the tables of a run saved with ``--json``.
 
+The systems (:data:`SYSTEMS`):
+
+* ``sqlite``: one ``examples/server.py`` process on SQLite in a fresh directory;
+* ``redis-1``: one such process on Redis (``store = "redis"``);
+* ``redis-2``: two such processes on the same Redis. Job ``i`` is created on process
+  ``i mod 2`` and followed on process ``(i div 2) mod 2``: each process runs half
+  the jobs, and half of all jobs are followed on the process that does not run
+  them, as behind a round-robin balancer without affinity; polls go to either;
+* ``relay``: the bare relay (``relay.py``: hypercorn + trio + httpx, no auth, no
+  store).
+
+The benchmark starts its own ``redis-server`` (127.0.0.1, a free port, no
+persistence) when a Redis system is measured, and empties it before each rung.
 Every rung of the ladder starts fresh processes, all on 127.0.0.1 at free ports:
 
 * the upstream (``jobs_upstream.py``): an OpenAI-compatible SSE endpoint streaming
   ``--tokens`` tokens per job at ``--rate`` tokens a second, each token stamped with
   its wall-clock send time;
-* the server under test: ``examples/server.py`` on SQLite in a fresh directory, with
-  the ``openai`` upstream pointed at that endpoint and its caps raised for the rung,
-  or the bare relay (``relay.py``: hypercorn + trio + httpx, no auth, no store);
+* the server processes under test, with the ``openai`` upstream pointed at that
+  endpoint and their caps raised for the rung;
 * ``--followers`` follower processes (``jobs_follower.py``): they create the N jobs,
   evenly over ``--ramp`` seconds and spread over ``--users`` users, and follow each on
   its own SSE connection;
@@ -24,22 +38,25 @@ Every rung of the ladder starts fresh processes, all on 127.0.0.1 at free ports:
 Measured per rung: the lag of every token (follower receipt minus the upstream's
 stamp) at p50, p99 and max; jobs complete and exact (every delta once, in order, by
 ``id:``, ``seq`` and token; a ``complete`` status; the stored content, read back by
-``GET``, equal to what the upstream sent); the server's CPU (``/proc/<pid>/stat``)
-per 1,000 tokens delivered; its RSS peak minus idle (``/proc/<pid>/status``) per
-job; the poll latency; and the load generators' own CPU, so that the reader sees
+``GET`` from the first server process, equal to what the upstream sent); the CPU
+(``/proc/<pid>/stat``) of the server processes and of ``redis-server`` per 1,000
+tokens delivered; the server processes' RSS peak minus idle (``/proc/<pid>/status``)
+per job; the poll latency; and the load generators' own CPU, so that the reader sees
 they were not the bottleneck. The upstream also reports the peak of streams open at
 once, which must reach N (when the ramp is shorter than a job): a server that
 queues jobs behind a connection pool does not hold them.
 
 A system holds N when every job is complete and exact, all N streams were open at
-once, and the p99 lag is under ``--lag-limit`` ms (250). Both systems climb the
-same ladder, alternating; a missed rung is run again (``--attempts``, 2 runs in
-all) before the system stops climbing. The table shows the largest N held, the
-figures at that N, the first N missed, and the troupe/relay ratios; a second table
-sets both systems side by side at the largest N both held. Everything
-shares the machine: on 2 cores the load generators take a share of what the
-server could use, in both systems alike, and so does anything else running;
-compare the ratios.
+once, and the p99 lag is under ``--lag-limit`` ms (250). The systems climb the same
+ladder, taking turns at each rung; a missed rung is run again (``--attempts``, 2
+runs in all) before the system stops climbing. The first table shows the largest N
+held, the figures at that N, the first N missed, and the ratios of
+:data:`COMPARISONS` (two Redis processes against one, whose target is
+:data:`SCALE_OUT_TARGET`; Redis against SQLite; SQLite against the relay); a second
+table sets the systems side by side at the largest N all of them held. Everything
+shares the machine: on 2 cores the load generators and ``redis-server`` take a share
+of what the servers could use, and so does anything else running; compare the
+ratios.
 
 ``--quick`` runs one small case per system (20 jobs of 20 tokens at 200 tokens a
 second) and checks correctness only.
@@ -58,25 +75,35 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
+import coredis
 import jwt
 import orjson
 import trio
-from harness import BenchmarkError, expect, machine, print_machine
-from jobs_wire import RELAY, SYSTEMS, TROUPE, HttpConnection, content_digest, percentile
+from harness import BenchmarkError, RedisServer, expect, machine, print_machine, redis_server
+from jobs_wire import RELAY, TROUPE, HttpConnection, Routes, content_digest, percentile
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["RungResult", "Settings", "main", "run_rung"]
+__all__ = [
+    "COMPARISONS",
+    "SCALE_OUT_TARGET",
+    "SYSTEMS",
+    "RungResult",
+    "Settings",
+    "System",
+    "main",
+    "run_rung",
+]
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent
-PACKAGES: Final = ("hypercorn", "starlette", "httpx")
-DEFAULT_LADDER: Final = (25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000)
+PACKAGES: Final = ("hypercorn", "starlette", "httpx", "coredis")
+DEFAULT_LADDER: Final = (25, 50, 75, 100, 125, 150, 175, 200, 250, 300, 350, 400, 500, 750, 1000)
 JWT_SECRET: Final = "jobs-benchmark-signing-key-0123456789abcdef"
 STARTUP_TIMEOUT: Final = 60.0
 SETTLE_SECONDS: Final = 1.0
@@ -85,6 +112,39 @@ RSS_SAMPLE_SECONDS: Final = 0.1
 DEADLINE_SLACK_SECONDS: Final = 30.0
 _LISTENING: Final = re.compile(rb"listening on (http://[^\s:]+):(\d+)")
 _CLOCK_TICK: Final = os.sysconf("SC_CLK_TCK")
+
+
+@attrs.frozen
+class System:
+    """A system under test: how it is driven and what serves it."""
+
+    name: str
+    routes: Routes
+    store: str | None = None
+    """The store of its ``examples/server.py`` processes; None for the bare relay."""
+    processes: int = 1
+
+    def placement(self, index: int) -> tuple[int, int]:
+        """The server processes that create job ``index`` and follow it (indexes in
+        their ports): round both ways, so that with 2 processes each runs half the
+        jobs and half of all jobs are followed on the other one."""
+        return index % self.processes, index // self.processes % self.processes
+
+
+SYSTEMS: Final = {
+    system.name: system
+    for system in (
+        System("sqlite", TROUPE, "sqlite"),
+        System("redis-1", TROUPE, "redis"),
+        System("redis-2", TROUPE, "redis", processes=2),
+        System("relay", RELAY),
+    )
+}
+COMPARISONS: Final = (("redis-2", "redis-1"), ("redis-1", "sqlite"), ("sqlite", "relay"))
+"""The ratios the tables show: two processes against one, Redis against SQLite,
+troupe against the bare relay."""
+SCALE_OUT_TARGET: Final = 1.6
+"""The least ratio of jobs held by two processes on Redis to one, on 2 cores."""
 
 
 @attrs.frozen
@@ -101,7 +161,7 @@ class Settings:
     attempts: int = 2
     """Runs of a rung before a miss counts: the machine is shared, and one burst of
     someone else's work should not end the climb."""
-    systems: tuple[str, ...] = (TROUPE.name, RELAY.name)
+    systems: tuple[str, ...] = tuple(SYSTEMS)
 
     @property
     def duration(self) -> float:
@@ -136,12 +196,26 @@ class RungResult:
     followers_cpu_s: float
     prober_cpu_s: float
     upstream_slip_p99_ms: float
+    processes: int = 1
+    """Server processes; ``server_cpu_s`` and the RSS figures are their sums."""
+    redis_cpu_s: float = 0.0
+    """``redis-server``'s CPU over the rung (0 for a system without it)."""
+    redis_commands: int = 0
+    """Commands Redis processed over the rung."""
+    remote_lag_ms: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    """p50, p99, max of the jobs followed on another process than the one running
+    them (included in ``lag_ms``); NaN with one process."""
 
     @property
     def cpu_ms_per_1k_tokens(self) -> float:
-        return (
-            self.server_cpu_s * 1e6 / self.tokens_delivered if self.tokens_delivered else math.nan
-        )
+        """The server processes' CPU and Redis's, per 1,000 tokens delivered."""
+        if not self.tokens_delivered:
+            return math.nan
+        return (self.server_cpu_s + self.redis_cpu_s) * 1e6 / self.tokens_delivered
+
+    @property
+    def redis_commands_per_token(self) -> float:
+        return self.redis_commands / self.tokens_delivered if self.tokens_delivered else math.nan
 
     @property
     def rss_kb_per_job(self) -> float:
@@ -168,6 +242,7 @@ class RungResult:
             **attrs.asdict(self),
             "cpu_ms_per_1k_tokens": self.cpu_ms_per_1k_tokens,
             "rss_kb_per_job": self.rss_kb_per_job,
+            "redis_commands_per_token": self.redis_commands_per_token,
         }
 
 
@@ -263,13 +338,23 @@ def _memory_kb(pid: int) -> tuple[int, int]:
     return found["VmRSS"], found["VmHWM"]
 
 
-def _troupe_env(settings: Settings, n: int, upstream_url: str, data_dir: Path) -> dict[str, str]:
+def _troupe_env(
+    system: System,
+    node: int,
+    settings: Settings,
+    n: int,
+    upstream_url: str,
+    data_dir: Path,
+    redis: RedisServer | None,
+) -> dict[str, str]:
+    """The environment of ``system``'s server process ``node``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TROUPE_")}
     env.pop("OPENROUTER_API_KEY", None)
     per_user = math.ceil(n / settings.users)
+    assert system.store is not None
     env.update(
         {
-            "TROUPE_STORE": "sqlite",
+            "TROUPE_STORE": system.store,
             "TROUPE_DATA_DIR": str(data_dir),
             "TROUPE_UPSTREAM": "openai",
             "TROUPE_UPSTREAM_BASE_URL": upstream_url + "/v1",
@@ -282,11 +367,16 @@ def _troupe_env(settings: Settings, n: int, upstream_url: str, data_dir: Path) -
             "TROUPE_LOG_LEVEL": "warning",
         }
     )
+    if system.store == "redis":
+        expect(redis is not None, f"{system.name} needs a Redis server")
+        assert redis is not None
+        env["TROUPE_REDIS_URL"] = redis.url
+        env["TROUPE_NODE_ID"] = f"bench-{node}"
     return env
 
 
-def _authorizations(system: str, users: int) -> list[str]:
-    if system != TROUPE.name:
+def _authorizations(system: System, users: int) -> list[str]:
+    if system.routes is not TROUPE:
         return [""] * users
     now = int(time.time())
     return [
@@ -300,68 +390,106 @@ def _authorizations(system: str, users: int) -> list[str]:
     ]
 
 
+async def _empty(redis: RedisServer) -> None:
+    """Delete everything in ``redis``, so that each rung starts on an empty store."""
+    async with coredis.Redis.from_url(redis.url) as client:
+        await client.flushall()
+
+
+async def _commands(redis: RedisServer | None) -> int:
+    """The commands ``redis`` has processed since it started; 0 without one."""
+    if redis is None:
+        return 0
+    async with coredis.Redis.from_url(redis.url) as client:
+        processed = (await client.info("stats"))["total_commands_processed"]
+    expect(isinstance(processed, int), f"Redis counts its commands as {processed!r}")
+    assert isinstance(processed, int)
+    return processed
+
+
 # -- one rung ------------------------------------------------------------------
 
 
-@attrs.define
-class _Load:
-    """What the load processes report, gathered."""
-
-    lags_us: list[int] = attrs.Factory(list)
-    jobs: list[dict[str, Any]] = attrs.Factory(list)
-    followers_cpu_s: float = 0.0
-    rss_peak_kb: int = 0
-
-
-async def run_rung(system: str, n: int, settings: Settings, workdir: Path) -> RungResult:
-    """Run ``n`` jobs through ``system`` ("troupe" or "relay") with fresh processes."""
-    routes = SYSTEMS[system]
-    rundir = Path(tempfile.mkdtemp(prefix=f"{system}-{n}-", dir=workdir))
+async def run_rung(
+    system: System, n: int, settings: Settings, workdir: Path, redis: RedisServer | None
+) -> RungResult:
+    """Run ``n`` jobs through ``system`` with fresh processes; ``redis`` is the Redis
+    server of a system on Redis (emptied first)."""
+    rundir = Path(tempfile.mkdtemp(prefix=f"{system.name}-{n}-", dir=workdir))
     python = sys.executable
     upstream_argv = [python, str(HERE / "jobs_upstream.py")]
     upstream_argv += ["--tokens", str(settings.tokens), "--rate", str(settings.rate)]
+    # Only a system on Redis is charged with its CPU and commands.
+    redis = redis if system.store == "redis" else None
+    if redis is not None:
+        await _empty(redis)
     async with _spawn("upstream", upstream_argv, rundir / "upstream.log") as upstream:
         found = await upstream.wait_for(_LISTENING)
         upstream_host, upstream_port = found[1].decode(), int(found[2])
         upstream_url = f"{upstream_host}:{upstream_port}"
-        if system == TROUPE.name:
-            argv = [python, str(ROOT / "examples" / "server.py"), "--port", "0"]
-            env = _troupe_env(settings, n, upstream_url, rundir / "data")
-        else:
-            argv = [python, str(HERE / "relay.py"), "--upstream", upstream_url + "/v1"]
-            env = None
-        async with _spawn(system, argv, rundir / "server.log", env) as server:
-            found = await server.wait_for(_LISTENING)
-            port = int(found[2])
+        async with AsyncExitStack() as stack:
+            servers = []
+            for node in range(system.processes):
+                if system.store is None:
+                    argv = [python, str(HERE / "relay.py"), "--upstream", upstream_url + "/v1"]
+                    env = None
+                else:
+                    argv = [python, str(ROOT / "examples" / "server.py"), "--port", "0"]
+                    data_dir = rundir / f"data-{node}"
+                    env = _troupe_env(system, node, settings, n, upstream_url, data_dir, redis)
+                log = rundir / f"server-{node}.log"
+                server = _spawn(f"{system.name} server {node}", argv, log, env)
+                servers.append(await stack.enter_async_context(server))
+            ports = [int((await server.wait_for(_LISTENING))[2]) for server in servers]
             authorizations = _authorizations(system, settings.users)
-            base = {"system": system, "host": "127.0.0.1", "port": port}
-            load = await _drive(
-                n, settings, rundir, base, authorizations, server, upstream.process.pid
-            )
-            return await _finish(
-                n, settings, routes.name, base, authorizations, upstream_port, load
-            )
+            base = {"routes": system.routes.name, "host": "127.0.0.1", "ports": ports}
+            pids = _Pids([s.process.pid for s in servers], upstream.process.pid, redis)
+            load = await _drive(system, n, settings, rundir, base, authorizations, pids)
+            return await _finish(system, n, settings, base, authorizations, upstream_port, load)
+
+
+@attrs.frozen
+class _Pids:
+    """The processes whose CPU a rung measures."""
+
+    servers: list[int]
+    upstream: int
+    redis: RedisServer | None
+
+    def cpu_seconds(self) -> tuple[float, float, float]:
+        """CPU seconds so far of the servers (summed), the upstream and Redis."""
+        redis = 0.0 if self.redis is None else _cpu_seconds(self.redis.pid)
+        servers = sum(_cpu_seconds(pid) for pid in self.servers)
+        return servers, _cpu_seconds(self.upstream), redis
+
+    def memory_kb(self) -> tuple[int, int]:
+        """The servers' ``VmRSS`` and ``VmHWM``, each summed."""
+        rss, hwm = zip(*(_memory_kb(pid) for pid in self.servers), strict=True)
+        return sum(rss), sum(hwm)
 
 
 async def _drive(
+    system: System,
     n: int,
     settings: Settings,
     rundir: Path,
     base: dict[str, Any],
     authorizations: list[str],
-    server: _Child,
-    upstream_pid: int,
+    pids: _Pids,
 ) -> dict[str, Any]:
     """Start the prober and the followers, give the signal, measure until they end."""
     python = sys.executable
-    system = base["system"]
     followers = min(settings.followers, n)
     specs = []
     for f in range(followers):
-        jobs = [
-            {"index": i, "tag": f"{system}-{n}-{i}", "user": i % settings.users}
-            for i in range(f, n, followers)
-        ]
+        jobs = []
+        for i in range(f, n, followers):
+            create, follow = system.placement(i)
+            tag = f"{system.name}-{n}-{i}"
+            jobs.append(
+                {"index": i, "tag": tag, "user": i % settings.users}
+                | {"create": create, "follow": follow}
+            )
         spec = {
             **base,
             "tokens": settings.tokens,
@@ -378,16 +506,15 @@ async def _drive(
     prober_spec.write_bytes(
         orjson.dumps({**base, "rate": settings.poll_rate, "authorizations": authorizations})
     )
-    server_pid = server.process.pid
     prober_argv = [python, str(HERE / "jobs_prober.py"), str(prober_spec), str(rundir / "p.out")]
     async with _spawn("prober", prober_argv, rundir / "prober.log") as prober:
         async with _spawned_followers(followers, specs, rundir) as children:
             for child in children:
                 expect(await child.lines.readline() == b"ready", f"{child.name}: not ready")
             await trio.sleep(SETTLE_SECONDS)
-            rss_idle, _ = _memory_kb(server_pid)
-            rss_peak = rss_idle
-            server_cpu, upstream_cpu = _cpu_seconds(server_pid), _cpu_seconds(upstream_pid)
+            rss_idle = rss_peak = pids.memory_kb()[0]
+            commands = await _commands(pids.redis)
+            cpu_before = pids.cpu_seconds()
             began = time.perf_counter()
             go = f"go {time.time_ns() + int(GO_DELAY_SECONDS * 1e9)}\n".encode()
             for child in children:
@@ -404,15 +531,18 @@ async def _drive(
                     async def sample() -> None:
                         nonlocal rss_peak
                         while True:
-                            rss_peak = max(rss_peak, _memory_kb(server_pid)[0])
+                            rss_peak = max(rss_peak, pids.memory_kb()[0])
                             await trio.sleep(RSS_SAMPLE_SECONDS)
 
                     nursery.start_soon(sample)
                 wall = time.perf_counter() - began
-                server_cpu = _cpu_seconds(server_pid) - server_cpu
-                upstream_cpu = _cpu_seconds(upstream_pid) - upstream_cpu
-                rss_peak = max(rss_peak, *_memory_kb(server_pid))
+                cpu = [
+                    after - before
+                    for after, before in zip(pids.cpu_seconds(), cpu_before, strict=True)
+                ]
+                rss_peak = max(rss_peak, *pids.memory_kb())
                 nursery.cancel_scope.cancel()
+            commands = await _commands(pids.redis) - commands
             assert prober.process.stdin is not None
             await prober.process.stdin.aclose()
             for child in children:
@@ -423,8 +553,10 @@ async def _drive(
     results = [orjson.loads((rundir / f"f{f}.out").read_bytes()) for f in range(followers)]
     return {
         "wall_s": wall,
-        "server_cpu_s": server_cpu,
-        "upstream_cpu_s": upstream_cpu,
+        "server_cpu_s": cpu[0],
+        "upstream_cpu_s": cpu[1],
+        "redis_cpu_s": cpu[2],
+        "redis_commands": commands,
         "rss_idle_kb": rss_idle,
         "rss_peak_kb": rss_peak,
         "followers": results,
@@ -463,16 +595,17 @@ async def _feed_prober(prober: _Child, lines: trio.MemoryReceiveChannel[bytes]) 
 
 
 async def _finish(
+    system: System,
     n: int,
     settings: Settings,
-    system: str,
     base: dict[str, Any],
     authorizations: list[str],
     upstream_port: int,
     load: dict[str, Any],
 ) -> RungResult:
-    """Check the stored contents against the upstream's and gather the figures."""
-    routes = SYSTEMS[system]
+    """Check the stored contents, read from the first server process, against the
+    upstream's, and gather the figures."""
+    routes = system.routes
     upstream = await HttpConnection.open("127.0.0.1", upstream_port)
     try:
         stats = orjson.loads((await upstream.request("GET", "/stats")).body)
@@ -480,10 +613,12 @@ async def _finish(
         await upstream.aclose()
     sent: dict[str, dict[str, Any]] = stats["sent"]
     jobs = [job for result in load["followers"] for job in result["jobs"]]
-    lags = sorted(lag for result in load["followers"] for lag in result["lags_us"])
+    followers = load["followers"]
+    remote_lags = sorted(lag for result in followers for lag in result["remote_lags_us"])
+    lags = sorted([lag for result in followers for lag in result["lags_us"]] + remote_lags)
     problems: list[str] = []
     complete = exact = 0
-    connection = await HttpConnection.open(base["host"], base["port"])
+    connection = await HttpConnection.open(base["host"], base["ports"][0])
     try:
         for job in sorted(jobs, key=lambda job: int(job["index"])):
             job_problems = [str(p) for p in job.get("problems", ())]
@@ -514,16 +649,12 @@ async def _finish(
     polls = sorted(prober["latencies_us"])
     creates = sorted(float(job.get("create_ms", math.nan)) for job in jobs if "create_ms" in job)
     return RungResult(
-        system=system,
+        system=system.name,
         n=n,
         complete=complete,
         exact=exact,
         problems=tuple(problems[:10]),
-        lag_ms=(
-            percentile(lags, 0.50) / 1000,
-            percentile(lags, 0.99) / 1000,
-            (lags[-1] if lags else math.nan) / 1000,
-        ),
+        lag_ms=_lag_ms(lags),
         tokens_delivered=len(lags),
         peak_streams=stats["peak_streams"],
         reconnects=sum(int(job.get("reconnects", 0)) for job in jobs),
@@ -539,21 +670,45 @@ async def _finish(
         followers_cpu_s=sum(result["cpu_s"] for result in load["followers"]),
         prober_cpu_s=prober["cpu_s"],
         upstream_slip_p99_ms=stats["slip_us_p99"] / 1000,
+        processes=system.processes,
+        redis_cpu_s=load["redis_cpu_s"],
+        redis_commands=load["redis_commands"],
+        remote_lag_ms=_lag_ms(remote_lags),
     )
 
 
-# -- the search and its table --------------------------------------------------
+def _lag_ms(lags_us: list[int]) -> tuple[float, float, float]:
+    """p50, p99 and max of sorted lags in µs, in ms; NaN when there are none."""
+    return (
+        percentile(lags_us, 0.50) / 1000,
+        percentile(lags_us, 0.99) / 1000,
+        (lags_us[-1] if lags_us else math.nan) / 1000,
+    )
+
+
+# -- the search and its tables -------------------------------------------------
 
 
 def _progress(result: RungResult, held: bool) -> str:
     p50, p99, worst = result.lag_ms
     verdict = "held" if held else "NOT held"
+    redis = (
+        f" (Redis {result.share(result.redis_cpu_s):3.0f}% of a core,"
+        f" {result.redis_commands_per_token:.1f} commands/token)"
+        if result.redis_commands
+        else ""
+    )
+    remote = ""
+    if not math.isnan(result.remote_lag_ms[1]):
+        remote = " (followed on the other process: p50 {:.1f} p99 {:.1f} max {:.1f})".format(
+            *result.remote_lag_ms
+        )
     return (
-        f"  {result.system:>6} N={result.n:<5}"
-        f" lag p50 {p50:6.1f} p99 {p99:7.1f} max {worst:7.1f} ms"
+        f"  {result.system:>7} N={result.n:<5}"
+        f" lag p50 {p50:6.1f} p99 {p99:7.1f} max {worst:7.1f} ms{remote}"
         f" | complete {result.complete}/{result.n}, exact {result.exact}/{result.n},"
         f" peak streams {result.peak_streams}"
-        f" | server {result.cpu_ms_per_1k_tokens:5.0f} ms CPU/1k tokens,"
+        f" | server {result.cpu_ms_per_1k_tokens:5.0f} ms CPU/1k tokens{redis},"
         f" {result.rss_kb_per_job:5.1f} KB/job, poll p99 {result.poll_ms[1]:6.1f} ms"
         f" | load gen: upstream {result.share(result.upstream_cpu_s):3.0f}%,"
         f" followers {result.share(result.followers_cpu_s):3.0f}% of a core,"
@@ -562,15 +717,17 @@ def _progress(result: RungResult, held: bool) -> str:
     )
 
 
-async def search(settings: Settings, workdir: Path) -> dict[str, list[RungResult]]:
-    """Climb the ladder with both systems, alternating, each until a rung it misses
-    ``attempts`` times in a row; every run is kept."""
+async def search(
+    settings: Settings, workdir: Path, redis: RedisServer | None
+) -> dict[str, list[RungResult]]:
+    """Climb the ladder with every system, taking turns at each rung, each until a
+    rung it misses ``attempts`` times in a row; every run is kept."""
     rungs: dict[str, list[RungResult]] = {system: [] for system in settings.systems}
     climbing = list(settings.systems)
     for n in settings.ladder:
         for system in list(climbing):
             for _attempt in range(settings.attempts):
-                result = await run_rung(system, n, settings, workdir)
+                result = await run_rung(SYSTEMS[system], n, settings, workdir, redis)
                 held = result.held(settings)
                 rungs[system].append(result)
                 print(_progress(result, held), flush=True)
@@ -598,22 +755,45 @@ def _missed(results: list[RungResult], settings: Settings) -> RungResult | None:
     return min(missed, key=lambda result: (result.n, result.lag_ms[1])) if missed else None
 
 
-def _ratio(troupe: float, relay: float) -> str:
-    if not relay or math.isnan(troupe) or math.isnan(relay):
+def _ratio(value: float, baseline: float) -> str:
+    if not baseline or math.isnan(value) or math.isnan(baseline):
         return "-"
-    return f"{troupe / relay:.2f}x"
+    return f"{value / baseline:.2f}x"
+
+
+def _pairs(best: dict[str, RungResult | None]) -> list[tuple[RungResult, RungResult]]:
+    """The :data:`COMPARISONS` whose two systems both have a result in ``best``."""
+    return [
+        (first, second)
+        for a, b in COMPARISONS
+        if (first := best.get(a)) is not None and (second := best.get(b)) is not None
+    ]
+
+
+def _lags(lag_ms: tuple[float, float, float]) -> str:
+    if math.isnan(lag_ms[1]):
+        return "-"
+    return " / ".join(f"{value:,.0f}" for value in lag_ms) + " ms"
+
+
+def _redis_load(result: RungResult) -> str:
+    """Redis's CPU and its commands per token, or "-" for a system without it."""
+    if not result.redis_commands:
+        return "-"
+    return f"{result.share(result.redis_cpu_s):.0f}%, {result.redis_commands_per_token:.1f}"
 
 
 def summary_table(rungs: dict[str, list[RungResult]], settings: Settings) -> Table:
     table = Table(
-        title=f"live jobs held by one server process: {settings.tokens} tokens a job at "
+        title=f"live jobs held: {settings.tokens} tokens a job at "
         f"{settings.rate:g} tokens/s, p99 lag < {settings.lag_limit_ms:g} ms"
     )
     for header in (
         "system",
         "N held",
         "lag p99 at N",
-        "server CPU / 1k tokens",
+        "CPU / 1k tokens",
+        "Redis CPU, commands / token",
         "RSS / job",
         "poll p99",
         "load gen CPU (upstream / followers)",
@@ -626,27 +806,28 @@ def summary_table(rungs: dict[str, list[RungResult]], settings: Settings) -> Tab
         missed = _missed(results, settings)
         missed_text = "-" if missed is None else f"{missed.n} (p99 {missed.lag_ms[1]:,.0f} ms)"
         if best is None:
-            table.add_row(system, "0", "-", "-", "-", "-", "-", missed_text)
+            table.add_row(system, "0", "-", "-", "-", "-", "-", "-", missed_text)
             continue
         table.add_row(
             system,
             str(best.n),
             f"{best.lag_ms[1]:,.0f} ms",
             f"{best.cpu_ms_per_1k_tokens:,.0f} ms",
+            _redis_load(best),
             f"{best.rss_kb_per_job:,.1f} KB",
             f"{best.poll_ms[1]:,.1f} ms",
             f"{best.share(best.upstream_cpu_s):.0f}% / {best.share(best.followers_cpu_s):.0f}%",
             missed_text,
         )
-    troupe, relay = held.get(TROUPE.name), held.get(RELAY.name)
-    if troupe is not None and relay is not None:
-        # Lag and poll latency at two different N say nothing: see the table at one N.
+    # Lag and poll latency at two different N say nothing: see the table at one N.
+    for first, second in _pairs(held):
         table.add_row(
-            "troupe / relay",
-            _ratio(troupe.n, relay.n),
+            f"{first.system} / {second.system}",
+            _ratio(first.n, second.n),
             "-",
-            _ratio(troupe.cpu_ms_per_1k_tokens, relay.cpu_ms_per_1k_tokens),
-            _ratio(troupe.rss_kb_per_job, relay.rss_kb_per_job),
+            _ratio(first.cpu_ms_per_1k_tokens, second.cpu_ms_per_1k_tokens),
+            "-",
+            _ratio(first.rss_kb_per_job, second.rss_kb_per_job),
             "-",
             "",
             "",
@@ -655,71 +836,93 @@ def summary_table(rungs: dict[str, list[RungResult]], settings: Settings) -> Tab
 
 
 def same_n_table(rungs: dict[str, list[RungResult]], settings: Settings) -> Table | None:
-    """Both systems at the largest N both held; None if there is no such N."""
-    best: dict[str, RungResult] = {}
-    for system in (TROUPE.name, RELAY.name):
-        held = [r for r in rungs.get(system, []) if r.held(settings)]
-        common = {r.n for r in held}
-        for other in rungs:
-            common &= {r.n for r in rungs[other] if r.held(settings)}
-        if not held or not common:
-            return None
-        n = max(common)
-        best[system] = min((r for r in held if r.n == n), key=lambda r: r.lag_ms[1])
-    n = best[TROUPE.name].n
-    table = Table(title=f"both systems at N = {n}, the largest N both held")
+    """Every system at the largest N all of them held; None if there is no such N."""
+    held = {system: [r for r in results if r.held(settings)] for system, results in rungs.items()}
+    common = set.intersection(*({r.n for r in results} for results in held.values()))
+    if not common:
+        return None
+    n = max(common)
+    best = {
+        system: min((r for r in results if r.n == n), key=lambda r: r.lag_ms[1])
+        for system, results in held.items()
+    }
+    table = Table(title=f"every system at N = {n}, the largest N all held")
     for header in (
         "system",
         "lag p50 / p99 / max",
-        "server CPU / 1k tokens",
+        "the same, followed on the other process",
+        "CPU / 1k tokens",
         "server CPU",
+        "Redis CPU, commands / token",
         "RSS / job",
         "poll p50 / p99",
         "load gen CPU (upstream / followers)",
     ):
         table.add_column(header, justify="left" if header == "system" else "right")
-
-    def row(r: RungResult) -> list[str]:
-        return [
+    for r in best.values():
+        table.add_row(
             r.system,
-            " / ".join(f"{value:,.0f}" for value in r.lag_ms) + " ms",
+            _lags(r.lag_ms),
+            _lags(r.remote_lag_ms),
             f"{r.cpu_ms_per_1k_tokens:,.0f} ms",
             f"{r.share(r.server_cpu_s):.0f}% of a core",
+            _redis_load(r),
             f"{r.rss_kb_per_job:,.1f} KB",
             f"{r.poll_ms[0]:,.1f} / {r.poll_ms[1]:,.1f} ms",
             f"{r.share(r.upstream_cpu_s):.0f}% / {r.share(r.followers_cpu_s):.0f}%",
-        ]
-
-    troupe, relay = best[TROUPE.name], best[RELAY.name]
-    table.add_row(*row(troupe))
-    table.add_row(*row(relay))
-    table.add_row(
-        "troupe / relay",
-        " / ".join(_ratio(t, r) for t, r in zip(troupe.lag_ms, relay.lag_ms, strict=True)),
-        _ratio(troupe.cpu_ms_per_1k_tokens, relay.cpu_ms_per_1k_tokens),
-        _ratio(troupe.server_cpu_s, relay.server_cpu_s),
-        _ratio(troupe.rss_kb_per_job, relay.rss_kb_per_job),
-        " / ".join(_ratio(t, r) for t, r in zip(troupe.poll_ms, relay.poll_ms, strict=True)),
-        "",
-    )
+        )
+    for first, second in _pairs(dict(best)):
+        table.add_row(
+            f"{first.system} / {second.system}",
+            " / ".join(_ratio(a, b) for a, b in zip(first.lag_ms, second.lag_ms, strict=True)),
+            "",
+            _ratio(first.cpu_ms_per_1k_tokens, second.cpu_ms_per_1k_tokens),
+            _ratio(first.server_cpu_s, second.server_cpu_s),
+            "",
+            _ratio(first.rss_kb_per_job, second.rss_kb_per_job),
+            " / ".join(_ratio(a, b) for a, b in zip(first.poll_ms, second.poll_ms, strict=True)),
+            "",
+        )
     return table
+
+
+def scale_out(rungs: dict[str, list[RungResult]], settings: Settings) -> float | None:
+    """Jobs held by two processes on Redis over one; None unless both held some."""
+    two, one = (_held(rungs.get(name, []), settings) for name in ("redis-2", "redis-1"))
+    return None if two is None or one is None else two.n / one.n
 
 
 def print_tables(console: Console, rungs: dict[str, list[RungResult]], settings: Settings) -> None:
     console.print(summary_table(rungs, settings))
     if (same := same_n_table(rungs, settings)) is not None:
         console.print(same)
+    if (ratio := scale_out(rungs, settings)) is not None:
+        verdict = "met" if ratio >= SCALE_OUT_TARGET else "missed"
+        console.print(
+            f"2 processes on Redis held {ratio:.2f}x the jobs of 1 "
+            f"(target >= {SCALE_OUT_TARGET:g}x: {verdict})",
+            highlight=False,
+        )
     console.print(
         "lag = follower receipt - upstream send stamp, every token; CPU from /proc/<pid>/stat "
-        "over the rung; RSS = peak minus idle VmRSS / N; load gen in % of one core. "
-        "Everything shares the machine: compare the ratios.",
+        "over the rung: CPU / 1k tokens counts the server processes and redis-server, server "
+        "CPU the server processes; RSS = peak minus idle VmRSS of the server processes / N; "
+        "Redis and load gen CPU in % of one core. Everything shares the machine: compare the "
+        "ratios.",
         highlight=False,
     )
 
 
 def _from_json(cls: type[Any], data: dict[str, Any]) -> Any:
     names = {field.name for field in attrs.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+    return cls(**{k: _from_json_value(v) for k, v in data.items() if k in names})
+
+
+def _from_json_value(value: Any) -> Any:
+    """A field's value as saved: lists were tuples, and JSON writes NaN as null."""
+    if isinstance(value, list):
+        return tuple(_from_json_value(item) for item in value)
+    return math.nan if value is None else value
 
 
 def load_report(path: Path) -> tuple[dict[str, list[RungResult]], Settings]:
@@ -765,8 +968,8 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, Path | None, Path 
     parser.add_argument(
         "--systems",
         type=_parse_systems,
-        default=(TROUPE.name, RELAY.name),
-        help="which systems to measure: troupe,relay (both)",
+        default=tuple(SYSTEMS),
+        help=f"which systems to measure: {','.join(SYSTEMS)} (all)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
@@ -795,7 +998,7 @@ def parse_settings(argv: list[str] | None) -> tuple[Settings, Path | None, Path 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the search (or the quick case), print the table; 1 if a quick case was wrong."""
+    """Run the search (or the quick case), print the tables; 1 if a quick case was wrong."""
     settings, json_path, report = parse_settings(argv)
     # A table written to a pipe or a file keeps its width.
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -816,8 +1019,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     if settings.quick:
         console.print("[yellow]quick run: correctness only, the figures mean nothing[/]")
-    with tempfile.TemporaryDirectory(prefix="troupe-jobs-bench-") as directory:
-        rungs = trio.run(search, settings, Path(directory))
+    on_redis = any(SYSTEMS[system].store == "redis" for system in settings.systems)
+    with (
+        tempfile.TemporaryDirectory(prefix="troupe-jobs-bench-") as directory,
+        ExitStack() as stack,
+    ):
+        redis = stack.enter_context(redis_server(Path(directory))) if on_redis else None
+        if redis is not None:
+            info["redis_server"] = redis.version
+            console.print(f"redis-server {redis.version}, no persistence", highlight=False)
+        rungs = trio.run(search, settings, Path(directory), redis)
     print_tables(console, rungs, settings)
     if json_path is not None:
         document = {

@@ -4,18 +4,22 @@ Usage (run by ``jobs_bench.py``)::
 
     python benchmarks/jobs_follower.py SPEC.json RESULT.json
 
-``SPEC.json`` holds the system's name, host and port, the tokens expected per job,
-the ramp, the deadline, the Authorization header of each user and this process's
-jobs (index, tag, user).
+``SPEC.json`` holds the name of the servers' routes, their host and ports (one per
+server process), the tokens expected per job, the ramp, the deadline, the
+Authorization header of each user and this process's jobs (index, tag, user, and
+the indexes in the ports of the server that creates it and of the one that
+follows it).
+
 The process prints ``ready``, waits for a line ``go <wall-clock ns>`` on stdin, then
 creates job ``index`` at ``go + ramp * index / total`` and at once follows its SSE
-events with one connection per job. It prints ``job <job id> <user>`` when a job
-is created (``user`` indexes the headers) and ``done <job id>`` when its stream
-ends, so the poll prober knows which jobs are live. At the end it writes
-``RESULT.json``: every token's lag, its own CPU time and, per job, its id, final
-status, tokens, the digest of the content it received and whether that content
-was exact (every delta once by ``id:`` and ``seq``, every token once and in order,
-ended by a ``complete`` status).
+events with one connection per job (a second one when it follows on another server).
+It prints ``job <job id> <user>`` when a job is created (``user`` indexes the
+headers) and ``done <job id>`` when its stream ends, so the poll prober knows which
+jobs are live. At the end it writes ``RESULT.json``: every token's lag, its own CPU
+time (the lags of jobs followed on another server than the one that created them
+apart) and, per job, its id, final status, tokens, the digest of the content it
+received and whether that content was exact (every delta once by ``id:`` and
+``seq``, every token once and in order, ended by a ``complete`` status).
 
 A stream that breaks before its ``status`` event is resumed with ``Last-Event-ID``
 (counted in ``reconnects``), as a client of either system would.
@@ -30,7 +34,7 @@ from typing import Any, Final
 
 import orjson
 import trio
-from jobs_wire import LINK_ERRORS, SYSTEMS, HttpConnection, Routes, SseParser, TokenChecker
+from jobs_wire import LINK_ERRORS, ROUTES, HttpConnection, Routes, SseParser, TokenChecker
 
 __all__ = ["JobResult", "StreamChecker", "main"]
 
@@ -131,17 +135,18 @@ async def _follow(
 
 async def run_job(spec: dict[str, Any], job: dict[str, Any], lags: list[int]) -> JobResult:
     """Create one job and follow it; the result says what came and whether it was exact."""
-    routes = SYSTEMS[spec["system"]]
-    host, port = spec["host"], spec["port"]
+    routes = ROUTES[spec["routes"]]
+    host, ports = spec["host"], spec["ports"]
+    create_port, follow_port = ports[job["create"]], ports[job["follow"]]
     token = spec["authorizations"][job["user"]]
     authorization = {"Authorization": token} if token else {}
     result: JobResult = {"index": job["index"], "tag": job["tag"], "id": None, "ok": False}
     checker = StreamChecker(lags)
 
     async def reopen() -> HttpConnection:
-        return await HttpConnection.open(host, port)
+        return await HttpConnection.open(host, follow_port)
 
-    connection = await reopen()
+    connection = await HttpConnection.open(host, create_port)
     try:
         began = time.perf_counter()
         created = await connection.request(
@@ -157,6 +162,9 @@ async def run_job(spec: dict[str, Any], job: dict[str, Any], lags: list[int]) ->
         job_id = str(orjson.loads(created.body)["id"])
         result["id"] = job_id
         print(f"job {job_id} {job['user']}", flush=True)
+        if follow_port != create_port:
+            await connection.aclose()
+            connection = await reopen()
         connection, result["reconnects"] = await _follow(
             routes, connection, job_id, authorization, checker, reopen
         )
@@ -176,8 +184,11 @@ async def run_job(spec: dict[str, Any], job: dict[str, Any], lags: list[int]) ->
 
 
 async def run(spec: dict[str, Any], go_ns: int) -> dict[str, Any]:
-    """Run every job of ``spec`` from wall-clock time ``go_ns``; return the results."""
+    """Run every job of ``spec`` from wall-clock time ``go_ns``; return the results,
+    with the lags of the jobs followed on another server than the one running them
+    apart from the others'."""
     lags: list[int] = []
+    remote_lags: list[int] = []
     results: list[JobResult] = []
     cpu_before = time.process_time()
     # The start times are wall-clock, shared by every follower process; trio sleeps
@@ -187,7 +198,8 @@ async def run(spec: dict[str, Any], go_ns: int) -> dict[str, Any]:
 
     async def one(job: dict[str, Any]) -> None:
         await trio.sleep_until(offset + ramp * job["index"] / total)
-        results.append(await run_job(spec, job, lags))
+        remote = job["create"] != job["follow"]
+        results.append(await run_job(spec, job, remote_lags if remote else lags))
 
     with trio.move_on_at(offset + spec["deadline"]):
         async with trio.open_nursery() as nursery:
@@ -200,7 +212,12 @@ async def run(spec: dict[str, Any], go_ns: int) -> dict[str, Any]:
                 {"index": job["index"], "tag": job["tag"], "id": None, "ok": False}
                 | {"problems": ["deadline passed"], "status": None, "tokens": 0}
             )
-    return {"lags_us": lags, "cpu_s": time.process_time() - cpu_before, "jobs": results}
+    return {
+        "lags_us": lags,
+        "remote_lags_us": remote_lags,
+        "cpu_s": time.process_time() - cpu_before,
+        "jobs": results,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,14 +4,16 @@ Usage (run by ``jobs_bench.py``)::
 
     python benchmarks/jobs_prober.py SPEC.json RESULT.json
 
-``SPEC.json`` holds the system's name, host, port, the polls per second and the
-Authorization header of each user. The prober reads the followers' ``job <id> <user>``
-and ``done <id>`` lines on stdin; while some job is live it reads one of them, picked
-at random, ``rate`` times a second on one keep-alive connection (the whole content,
-as a poller that has seen nothing yet), and times each request. It stops at the end
-of its stdin and writes ``RESULT.json``: the latencies in microseconds, the requests
-that did not answer 200, and its own CPU time. A request that fails on a broken
-connection counts as a failure, and the next one goes on a new connection.
+``SPEC.json`` holds the name of the servers' routes, their host and ports (one per
+server process), the polls per second and the Authorization header of each user.
+The prober reads the followers' ``job <id> <user>`` and ``done <id>`` lines on stdin;
+while some job is live it reads one of them, picked at random, from one of the
+servers, picked at random, ``rate`` times a second on one keep-alive connection per
+server (the whole content, as a poller that has seen nothing yet), and times each
+request. It stops at the end of its stdin and writes ``RESULT.json``: the latencies
+in microseconds, the requests that did not answer 200, and its own CPU time. A
+request that fails on a broken connection counts as a failure, and the next one to
+that server goes on a new connection.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import orjson
 import trio
-from jobs_wire import LINK_ERRORS, SYSTEMS, HttpConnection
+from jobs_wire import LINK_ERRORS, ROUTES, HttpConnection
 
 __all__ = ["main"]
 
@@ -47,39 +49,44 @@ async def _read_jobs(live: dict[str, int], ended: trio.Event) -> None:
 
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
-    routes = SYSTEMS[spec["system"]]
+    routes = ROUTES[spec["routes"]]
+    host, ports = spec["host"], spec["ports"]
     live: dict[str, int] = {}
     ended = trio.Event()
     latencies: list[int] = []
     failures = 0
     cpu_before = time.process_time()
     interval = 1.0 / spec["rate"]
-    connection = await HttpConnection.open(spec["host"], spec["port"])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_read_jobs, live, ended)
-        due = trio.current_time()
-        while not ended.is_set():
-            due += interval
-            await trio.sleep_until(due)
-            if not live:
-                continue
-            job_id = random.choice(list(live))
-            token = spec["authorizations"][live[job_id]]
-            began = time.perf_counter_ns()
-            try:
-                answer = await connection.request(
-                    "GET", routes.job_path(job_id), {"Authorization": token} if token else {}
-                )
-            except LINK_ERRORS:
-                failures += 1
-                await connection.aclose()
-                connection = await HttpConnection.open(spec["host"], spec["port"])
-                continue
-            latencies.append((time.perf_counter_ns() - began) // 1000)
-            failures += answer.status != 200
-            due = max(due, trio.current_time())  # a slow answer delays, never bunches, polls
-        nursery.cancel_scope.cancel()
-    await connection.aclose()
+    connections = [await HttpConnection.open(host, port) for port in ports]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_jobs, live, ended)
+            due = trio.current_time()
+            while not ended.is_set():
+                due += interval
+                await trio.sleep_until(due)
+                if not live:
+                    continue
+                job_id = random.choice(list(live))
+                token = spec["authorizations"][live[job_id]]
+                server = random.randrange(len(ports))
+                began = time.perf_counter_ns()
+                try:
+                    answer = await connections[server].request(
+                        "GET", routes.job_path(job_id), {"Authorization": token} if token else {}
+                    )
+                except LINK_ERRORS:
+                    failures += 1
+                    await connections[server].aclose()
+                    connections[server] = await HttpConnection.open(host, ports[server])
+                    continue
+                latencies.append((time.perf_counter_ns() - began) // 1000)
+                failures += answer.status != 200
+                due = max(due, trio.current_time())  # a slow answer delays, never bunches, polls
+            nursery.cancel_scope.cancel()
+    finally:
+        for connection in connections:
+            await connection.aclose()
     return {
         "latencies_us": latencies,
         "failures": failures,

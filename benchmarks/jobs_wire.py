@@ -28,7 +28,7 @@ __all__ = [
     "DIGEST_SIZE",
     "LINK_ERRORS",
     "RELAY",
-    "SYSTEMS",
+    "ROUTES",
     "TROUPE",
     "HttpConnection",
     "HttpError",
@@ -49,7 +49,7 @@ _MAX_HEAD: Final = 65536
 
 @attrs.frozen
 class Routes:
-    """How a system under test is driven: where jobs are created, read and followed."""
+    """How a server under test is driven: where jobs are created, read and followed."""
 
     name: str
     jobs_path: str
@@ -75,7 +75,7 @@ class Routes:
 TROUPE_NAME: Final = "troupe"
 TROUPE: Final = Routes(TROUPE_NAME, "/v1/jobs", "content_delta")
 RELAY: Final = Routes("relay", "/jobs", "content")
-SYSTEMS: Final = {routes.name: routes for routes in (TROUPE, RELAY)}
+ROUTES: Final = {routes.name: routes for routes in (TROUPE, RELAY)}
 
 
 def encode_token(seq: int, send_ns: int) -> str:

@@ -12,6 +12,8 @@ import trio
 from hypothesis import settings
 from trio.testing import MockClock
 
+from tests.redis_server import redis_server  # noqa: F401 (a fixture for the whole suite)
+
 # Every trio test (every example, for a property test) runs under a deadline.
 # On the real clock that is a minute; under the mock clock it is a month of
 # virtual time, which a deadlocked test reaches at once, since autojump skips

@@ -1,5 +1,6 @@
-"""The live-jobs benchmark: its quick case runs correct on both systems, and its
-checks catch the faults they are there to catch. Nothing here asserts a time."""
+"""The live-jobs benchmark: its quick case runs correct on every system (SQLite, one
+and two processes on a Redis it starts itself, the bare relay), and its checks catch
+the faults they are there to catch. Nothing here asserts a time."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 
 QUICK_JOBS, QUICK_TOKENS = 20, 20
+SYSTEMS = {"sqlite": 1, "redis-1": 1, "redis-2": 2, "relay": 1}
+"""Every system the benchmark measures, with its server processes."""
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def _complete(last_seq: int) -> bytes:
     return _sse("status", {"status": "complete", "last_seq": last_seq})
 
 
-def test_quick_case_is_complete_and_exact_on_both_systems(tmp_path: Path) -> None:
+def test_quick_case_is_complete_and_exact_on_every_system(tmp_path: Path) -> None:
     report = tmp_path / "jobs.json"
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "jobs_bench.py"), "--quick", "--json", str(report)],
@@ -51,17 +54,20 @@ def test_quick_case_is_complete_and_exact_on_both_systems(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(report.read_text())
-    assert set(document["rungs"]) == {"troupe", "relay"}
+    assert set(document["rungs"]) == set(SYSTEMS)
     for system, rungs in document["rungs"].items():
         assert len(rungs) == 1, system
         rung = rungs[0]
         assert rung["n"] == QUICK_JOBS, system
+        assert rung["processes"] == SYSTEMS[system], system
         assert rung["complete"] == QUICK_JOBS, (system, rung["problems"])
         assert rung["exact"] == QUICK_JOBS, (system, rung["problems"])
         assert rung["problems"] == [], system
         assert rung["tokens_delivered"] == QUICK_JOBS * QUICK_TOKENS, system
         assert rung["poll_failures"] == 0, system
-    assert document["held"] == {"troupe": QUICK_JOBS, "relay": QUICK_JOBS}
+        # Redis served the Redis systems, and only those.
+        assert (rung["redis_commands"] > 0) == system.startswith("redis"), system
+    assert document["held"] == dict.fromkeys(SYSTEMS, QUICK_JOBS)
     reprinted = subprocess.run(
         [sys.executable, str(BENCHMARKS / "jobs_bench.py"), "--report", str(report)],
         capture_output=True,
@@ -71,7 +77,8 @@ def test_quick_case_is_complete_and_exact_on_both_systems(tmp_path: Path) -> Non
         check=False,
     )
     assert reprinted.returncode == 0, reprinted.stderr
-    assert f"both systems at N = {QUICK_JOBS}" in reprinted.stdout
+    assert f"every system at N = {QUICK_JOBS}" in reprinted.stdout
+    assert "2 processes on Redis held 1.00x the jobs of 1" in reprinted.stdout
 
 
 def test_an_exact_stream_passes_even_cut_mid_event(follower: ModuleType) -> None:

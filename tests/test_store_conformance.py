@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actors.config import ServiceConfig, StoreName
 from actors.model import (
     Delta,
     Job,
@@ -27,8 +28,12 @@ from actors.model import (
 )
 from actors.stores import Store, StoreError, StoreFactory
 from actors.stores.protocol import OutboxSummary
+from tests.redis_server import fresh_prefix
 
-BACKEND_NAMES = ["memory", "sqlite"]
+BACKEND_NAMES: list[StoreName] = ["memory", "sqlite", "redis"]
+
+# Finished jobs here end in 2025: on Redis, they must outlive the tests by far.
+_CENTURY = 100 * 365 * 24 * 3600.0
 
 ALICE = Owner("alice", "ws-1")
 ALICE_OTHER_WORKSPACE = Owner("alice", "ws-2")
@@ -113,9 +118,33 @@ def deltas(job_id: str, *items: tuple[int, str, str]) -> list[Delta]:
     return [Delta(job_id, seq, content, reasoning) for seq, content, reasoning in items]
 
 
+NewConfig = Callable[[], ServiceConfig]
+
+
 @pytest.fixture(params=BACKEND_NAMES)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    factory = StoreFactory(request.param, tmp_path / "data")
+def new_config(request: pytest.FixtureRequest, tmp_path: Path) -> NewConfig:
+    """Makes configurations of the backend under test, each for a store of its own
+    (in a new directory, or under a new key prefix)."""
+    backend: StoreName = request.param
+    settings = {}
+    if backend == "redis":
+        settings = {"redis_url": request.getfixturevalue("redis_server").url}
+
+    def new() -> ServiceConfig:
+        return ServiceConfig(
+            store=backend,
+            data_dir=tmp_path / new_id("data"),
+            redis_prefix=fresh_prefix(),
+            retention=_CENTURY,
+            **settings,
+        )
+
+    return new
+
+
+@pytest.fixture
+async def store(new_config: NewConfig) -> AsyncIterator[Store]:
+    factory = StoreFactory(new_config())
     built = await factory.get()
     yield built
     await factory.aclose()
@@ -927,11 +956,6 @@ _piece = st.text(max_size=6)
 _batch = st.lists(st.tuples(_piece, _piece), max_size=5)
 
 
-@pytest.fixture(params=BACKEND_NAMES)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @settings(
     max_examples=60,
     deadline=None,
@@ -941,13 +965,12 @@ def backend(request: pytest.FixtureRequest) -> str:
     batches=st.lists(st.tuples(_batch, st.integers(0, 3), st.randoms()), max_size=8),
 )
 async def test_content_is_the_concatenation_of_all_appended_batches(
-    backend: str,
-    tmp_path: Path,
+    new_config: NewConfig,
     batches: list[tuple[list[tuple[str, str]], int, random.Random]],
 ) -> None:
     # Async fixtures are not rebuilt between hypothesis examples, so each
-    # example opens its own store (in its own directory).
-    factory = StoreFactory(backend, tmp_path / new_id("data"))
+    # example opens its own store.
+    factory = StoreFactory(new_config())
     try:
         await _check_concatenation(await factory.get(), batches)
     finally:
@@ -995,11 +1018,10 @@ _step = st.one_of(_appends, st.integers(0, _JOBS_IN_PROPERTY - 1))
 )
 @given(steps=st.lists(st.tuples(_step, st.randoms()), max_size=10))
 async def test_append_many_matches_a_model_of_independent_jobs(
-    backend: str,
-    tmp_path: Path,
+    new_config: NewConfig,
     steps: list[tuple[dict[int, tuple[list[tuple[str, str]], int]] | int, random.Random]],
 ) -> None:
-    factory = StoreFactory(backend, tmp_path / new_id("data"))
+    factory = StoreFactory(new_config())
     try:
         await _check_model(await factory.get(), steps)
     finally:
@@ -1067,7 +1089,7 @@ async def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
     )
     note = make_notification(job_id=job.id)
     fresh, retried = make_event(), make_event()
-    factory = StoreFactory("sqlite", data_dir)
+    factory = StoreFactory(ServiceConfig(store="sqlite", data_dir=data_dir))
     store = await factory.get()
     await store.create_job(job)
     await store.create_job(attrs.evolve(finished, status=JobStatus.STREAMING, completed_at=None))
@@ -1080,7 +1102,7 @@ async def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
     expected_job = await store.get_job(job.id)
     await factory.aclose()
 
-    reopened = StoreFactory("sqlite", data_dir)
+    reopened = StoreFactory(ServiceConfig(store="sqlite", data_dir=data_dir))
     store = await reopened.get()
     try:
         assert await store.get_job(job.id) == expected_job

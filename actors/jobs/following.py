@@ -7,6 +7,11 @@ subscribed, then the log's, up to the log's persisted watermark, then the
 terminal status. A follower further behind than the log's in-memory tail reads
 from the store until it catches up, so the caller sees every delta once, and
 a slow follower never holds the job back.
+
+On a store several nodes share, a job running on another node has no log here:
+its follower reads the store live (:meth:`~actors.stores.protocol.ClusterStore.read_live`),
+deltas as the job's node stores them, then the status, and marks the job
+watched while it follows.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from typing import Generic, Self, TypeVar
 import trio
 
 from actors.api import DeltaEvent, JobEvent, JobView, SnapshotEvent, StatusEvent
-from actors.errors import JobNotFound
+from actors.errors import JobNotFound, ServiceError, StoreUnavailable
 from actors.jobs.log import JobLog
 from actors.messages import FollowJob, FollowNotifications, Subscription
 from actors.model import Notification, Owner
-from actors.stores import Store
+from actors.stores import Store, StoreError
+from actors.stores.protocol import ClusterStore
 from runtime import ActorRef
 
 __all__ = ["Follower", "JobFollower", "NotificationFollower"]
@@ -32,6 +38,9 @@ T = TypeVar("T")
 
 # Most events one batch carries.
 _BATCH = 256
+# How long one live read of a job on another node waits for a delta; its mark of
+# the job as watched lasts twice that, so it holds while the follower reads.
+_LIVE_WAIT = 1.0
 
 
 class Follower(abc.ABC, Generic[T]):
@@ -73,7 +82,8 @@ class JobFollower(Follower[JobEvent]):
     :meth:`next_batch` gives every event that is ready at once, for callers
     that write them together. Close it with :meth:`aclose` (or use ``async
     with``) when stopping early. Iterating raises :class:`JobNotFound` if the
-    job is not the owner's.
+    job is not the owner's, and :class:`StoreUnavailable` if the store fails
+    (iterate again to go on). ``cluster`` is the store, if several nodes share it.
     """
 
     def __init__(
@@ -83,10 +93,15 @@ class JobFollower(Follower[JobEvent]):
         owner: Owner,
         job_id: str,
         after_seq: int | None,
+        cluster: ClusterStore | None = None,
     ) -> None:
         super().__init__()
         self._registry = registry
         self._store = store
+        self._cluster = cluster
+        # Following a job another node runs: read live from the store.
+        self._remote = False
+        self._marked_at = -_LIVE_WAIT
         self._owner = owner
         self._job_id = job_id
         self.last_seq = after_seq or 0
@@ -117,15 +132,25 @@ class JobFollower(Follower[JobEvent]):
 
         At most 256 events. Returns an empty list once the status was given or
         the follower was closed. Raises :class:`JobNotFound` if the job is not
-        the owner's. Cancellation loses nothing: the next call goes on.
+        the owner's, :class:`StoreUnavailable` if the store failed. Cancellation
+        loses nothing: the next call goes on.
         """
         if self._closed or self._done:
             await trio.lowlevel.checkpoint()
             return []
-        if not self._subscribed:
-            snapshot = await self._subscribe()
-            if snapshot is not None:
-                return [snapshot]
+        try:
+            if not self._subscribed:
+                snapshot = await self._subscribe()
+                if snapshot is not None:
+                    return [snapshot]
+            if self._remote:
+                return await self._read_live()
+            return await self._read()
+        except StoreError as error:
+            raise StoreUnavailable("the store does not answer; try again later") from error
+
+    async def _read(self) -> list[JobEvent]:
+        """The next events of a job that runs here, or has ended."""
         while True:
             if self.last_seq < self._replay_until:
                 replayed = await self._replay()
@@ -156,21 +181,23 @@ class JobFollower(Follower[JobEvent]):
                 return []
 
     async def _subscribe(self) -> SnapshotEvent | None:
-        subscription: Subscription | None = await self._registry.ask(
+        subscription: Subscription | ServiceError | None = await self._registry.ask(
             FollowJob(self._owner, self._job_id), timeout=30.0
         )
         if subscription is None:
             raise JobNotFound(self._job_id)
+        if isinstance(subscription, ServiceError):
+            raise subscription
         self._subscribed = True
         job = subscription.job
         self._replay_until = job.last_seq
         self._log = subscription.log
-        if self._log is None:
-            self._final = StatusEvent(
-                job.status, job.error, job.finish_reason, job.usage, job.last_seq
-            )
-        else:
+        if self._log is not None:
             self._log.watchers += 1
+        elif self._cluster is not None and not job.status.is_terminal:
+            self._remote = True
+        else:
+            self._final = StatusEvent.of(job)
         if self._snapshot_sent:
             return None
         self._snapshot_sent = True
@@ -189,6 +216,31 @@ class JobFollower(Follower[JobEvent]):
         else:  # the store has nothing more (deleted meanwhile)
             self._replay_until = self.last_seq
         return events
+
+    async def _read_live(self) -> list[JobEvent]:
+        """The next deltas of a job another node runs, as that node stores them; with
+        the status once the job has ended."""
+        assert self._cluster is not None
+        while not self._closed:
+            now = trio.current_time()
+            if now - self._marked_at >= _LIVE_WAIT:
+                await self._cluster.mark_watched(self._job_id, 2 * _LIVE_WAIT)
+                self._marked_at = now
+            deltas, ended = await self._cluster.read_live(
+                self._job_id, self.last_seq, _LIVE_WAIT, _BATCH
+            )
+            # Read before anything moves: a cancelled read here loses nothing.
+            job = await self._store.get_job(self._job_id) if ended else None
+            events: list[JobEvent] = [DeltaEvent(d.seq, d.content, d.reasoning) for d in deltas]
+            if deltas:
+                self.last_seq = deltas[-1].seq
+            if ended:
+                self._done = True
+                if job is not None:
+                    events.append(StatusEvent.of(job))
+            if events or ended:
+                return events
+        return []
 
     def _with_final(self, events: list[JobEvent]) -> list[JobEvent]:
         """``events``, and the status after them if nothing else can follow."""

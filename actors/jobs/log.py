@@ -43,11 +43,15 @@ class JobLog:
         self.persisted_seq = persisted_seq
         self.final: StatusEvent | None = None
         self.watchers = 0
+        self._sealed = False
         self._tail: deque[DeltaEvent] = deque(maxlen=tail_size)
         self._pending: list[Delta] = []
         self._changed = trio.Event()
         self._flushed = trio.Event()
         self._flushed.set()
+        # Set while no delta taken by the persister is still being written.
+        self._settled = trio.Event()
+        self._settled.set()
 
     def __repr__(self) -> str:
         return (
@@ -60,9 +64,10 @@ class JobLog:
     def append_nowait(self, content: str, reasoning: str = "") -> Delta:
         """Append the next delta and return it (with its seq). Never blocks.
 
-        Raises :class:`trio.ClosedResourceError` once the job has ended.
+        Raises :class:`trio.ClosedResourceError` once the job is ending (:meth:`seal`)
+        or has ended.
         """
-        if self.final is not None:
+        if self._sealed:
             raise trio.ClosedResourceError(f"the log of job {self.job_id} is closed")
         self.appended_seq += 1
         delta = Delta(self.job_id, self.appended_seq, content, reasoning)
@@ -82,23 +87,42 @@ class JobLog:
         return bool(self._pending)
 
     def take_pending(self, limit: int | None = None) -> list[Delta]:
-        """Hand over the deltas appended since the last take, oldest first, at most ``limit``."""
+        """Hand over the deltas appended since the last take, oldest first, at most ``limit``.
+
+        The taker then writes them, and settles the take with :meth:`mark_persisted` or
+        :meth:`give_back`; until then :meth:`settled` waits.
+        """
         if limit is None or len(self._pending) <= limit:
             taken, self._pending = self._pending, []
         else:
             taken, self._pending = self._pending[:limit], self._pending[limit:]
+        if taken and self._settled.is_set():
+            self._settled = trio.Event()
         return taken
 
     def give_back(self, deltas: list[Delta]) -> None:
         """Put back deltas taken but not stored, ahead of those appended since."""
         if deltas and self.final is None:
             self._pending[:0] = deltas
+        self._settled.set()
+
+    async def settled(self) -> None:
+        """Wait until no take is being written. Always a checkpoint.
+
+        It returns with no checkpoint after the check, so a caller that takes the rest
+        at once writes it after the deltas taken before: a store keeps a job's deltas
+        only in seq order, so writing them out of order would lose the earlier ones.
+        """
+        await trio.lowlevel.checkpoint()
+        while not self._settled.is_set():
+            await self._settled.wait()
 
     def mark_persisted(self, deltas: list[Delta]) -> None:
         """Record that ``deltas`` (as taken, in order) are in the store, and wake the readers.
 
         After :meth:`close`, the watermark stays where the close put it.
         """
+        self._settled.set()
         if not deltas or self.final is not None:
             return
         self._tail.extend(DeltaEvent(d.seq, d.content, d.reasoning) for d in deltas)
@@ -109,6 +133,10 @@ class JobLog:
 
     # -- the registry's side ---------------------------------------------------
 
+    def seal(self) -> None:
+        """Refuse appends from now on: the job is ending. Idempotent."""
+        self._sealed = True
+
     def close(self, final: StatusEvent) -> None:
         """End the log with the job's final status; ``final.last_seq`` is the watermark.
 
@@ -117,6 +145,7 @@ class JobLog:
         """
         if self.final is not None:
             return
+        self._sealed = True
         self.final = final
         self.persisted_seq = min(self.persisted_seq, final.last_seq)
         self._pending.clear()

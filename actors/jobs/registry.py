@@ -12,6 +12,19 @@ a late completion after an abort finds no running job and changes nothing.
 Its handlers never wait on another actor's slow path: stopping a stream (and
 its grace time) runs in a task of its own, and the notifier gets one second
 to decide before the retries move to a task.
+
+On a store several nodes share (:class:`~actors.stores.protocol.ClusterStore`)
+each node's registry runs its own jobs, and the store decides what must hold
+across nodes: it admits a job under the caps, and the first terminal update of
+a job wins (only its writer notifies). An abort of a job another node runs is
+written here and published on the control channel; the node running it stops
+its stream. A job whose node died is ended here when the
+:class:`~actors.jobs.cluster.LeaseKeeper` finds its lease expired. On start the
+registry leaves the running jobs it finds to their nodes.
+
+When the store fails, the registry answers StoreUnavailable instead of
+crashing, and a job that ends meanwhile ends at once for its followers here;
+its end is stored (and notified) once the store answers again.
 """
 
 from __future__ import annotations
@@ -22,12 +35,14 @@ from datetime import timedelta
 from typing import Any
 
 import attrs
+import stamina
 import structlog
 import trio
 
 from actors.api import ChatRequest, StatusEvent
 from actors.dependencies import NOTIFIER, PERSISTER, STREAMS, ServiceDependencies
-from actors.errors import ForegroundBusy, ServerBusy, ServiceError, TooManyJobs
+from actors.errors import ForegroundBusy, ServerBusy, ServiceError, StoreUnavailable, TooManyJobs
+from actors.jobs.cluster import listen
 from actors.jobs.log import JobLog
 from actors.jobs.passthrough import Passthrough
 from actors.jobs.stream import StreamActor
@@ -41,6 +56,9 @@ from actors.messages import (
     InterruptAll,
     JobFinished,
     JobPolled,
+    JobsLost,
+    LeasedJobs,
+    ReapJobs,
     StreamFailed,
     StreamFinished,
     StreamOpened,
@@ -49,8 +67,9 @@ from actors.messages import (
     SweepResult,
     TrackLog,
 )
-from actors.model import Job, JobStatus, Owner, Usage
-from actors.stores import Store
+from actors.model import Delta, Job, JobStatus, Owner, Usage
+from actors.stores import Store, StoreError
+from actors.stores.protocol import Admission, ClusterStore, Limits
 from actors.upstream import UpstreamRequest
 from runtime import (
     Actor,
@@ -72,6 +91,13 @@ log = structlog.get_logger("troupe.registry")
 _NOTIFY_ATTEMPTS = 3
 # How long a handler waits for the notifier before handing the retries to a task.
 _NOTIFY_WAIT = 1.0
+# The longest wait between two tries to store the end of a job while the store fails;
+# well under a lease period, so that the end is stored before the lease runs out.
+_MAX_RECORD_DELAY = 1.0
+
+# The channel an abort written on one node reaches the node running the job by.
+CONTROL_CHANNEL = "control"
+NODE_LOST = "interrupted: node lost"
 
 
 @attrs.frozen
@@ -99,19 +125,26 @@ class JobRegistry(Actor):
         self._deps = deps
         self._config = deps.config
         self._running: dict[str, _Running] = {}
+        # Ended here, their end not stored yet (the store failed): still leased.
+        self._unrecorded: set[str] = set()
         self._draining = False
 
     async def on_start(self) -> None:
         self._store: Store = await self._deps.stores.get()
+        self._cluster = self._store if isinstance(self._store, ClusterStore) else None
+        if self._cluster is None:
+            await self._recover()
+        else:
+            await self._adopt_streams()
+            self.context.start_task(listen, self._cluster, CONTROL_CHANNEL, self._on_control)
+
+    async def _recover(self) -> None:
+        """Take over the running jobs in the store: those whose stream runs (this actor
+        restarted), and end the others, left by a previous process."""
         orphans = []
         for job in await self._store.list_jobs_by_status([JobStatus.QUEUED, JobStatus.STREAMING]):
             stream = self.context.system.lookup(f"{STREAMS}/{job.id}")
-            job_log: JobLog | None = None
-            if stream is not None:
-                try:
-                    job_log = await stream.ask(GetLog(), timeout=5.0)
-                except (ActorStopped, AskTimeout, ActorCrashed):
-                    job_log = None
+            job_log = None if stream is None else await self._log_of(stream)
             if stream is not None and job_log is not None:
                 self._running[job.id] = _Running(job, job_log, stream)
                 self.context.watch(stream)
@@ -128,6 +161,33 @@ class JobRegistry(Actor):
             # This actor crashed; a stream that ended meanwhile left its last
             # report in our mailbox, ahead of this check.
             self.context.start_task(self.context.self.tell, _CheckOrphans())
+
+    async def _adopt_streams(self) -> None:
+        """On a shared store, after a restart: take over the jobs whose stream runs here.
+
+        The store's other running jobs are other nodes'; one of ours whose stream is
+        gone loses its lease, and a reaper ends it.
+        """
+        streams = self.context.system.lookup(STREAMS)
+        if not isinstance(streams, SupervisorRef):
+            return
+        for stream in await streams.children(timeout=5.0):
+            job_log = await self._log_of(stream)
+            if job_log is None:
+                continue
+            job = await self._store.get_job(job_log.job_id)
+            if job is None or job.status.is_terminal:
+                self.context.start_task(self._stop_stream, job_log.job_id)
+                continue
+            self._running[job.id] = _Running(job, job_log, stream)
+            self.context.watch(stream)
+
+    async def _log_of(self, stream: ActorRef) -> JobLog | None:
+        try:
+            job_log: JobLog = await stream.ask(GetLog(), timeout=5.0)
+        except (ActorStopped, AskTimeout, ActorCrashed):
+            return None
+        return job_log
 
     def _new_log(self, job: Job) -> JobLog:
         return JobLog(job.id, persisted_seq=job.last_seq, tail_size=self._config.follower_buffer)
@@ -173,8 +233,14 @@ class JobRegistry(Actor):
             case BeginDrain():
                 self._draining = True
                 return len(self._running)
-            case InterruptAll(reason):
-                return await self._interrupt_all(reason)
+            case InterruptAll(reason, store_down):
+                return await self._interrupt_all(reason, store_down)
+            case LeasedJobs():
+                return [*self._running, *self._unrecorded]
+            case JobsLost(job_ids):
+                await self._on_lost(job_ids)
+            case ReapJobs(job_ids):
+                return await self._reap(job_ids)
             case _:
                 self.unhandled(message)
         return None
@@ -189,9 +255,6 @@ class JobRegistry(Actor):
         # raises crashes this actor, and the caller would get ActorCrashed.
         if self._draining:
             return ServerBusy("the service is shutting down")
-        refusal = self._at_cap(owner, foreground)
-        if refusal is not None:
-            return refusal
         job = Job(
             id=self._deps.new_id(),
             user_id=owner.user_id,
@@ -203,7 +266,13 @@ class JobRegistry(Actor):
             started_at=self._deps.clock.now(),
             foreground=foreground,
         )
-        await self._store.create_job(job)
+        try:
+            admission = await self._admit(job)
+        except StoreError as error:
+            log.warning("the store failed; job refused", error=str(error))
+            return StoreUnavailable("the store does not answer; try again later")
+        if admission is not Admission.ADMITTED:
+            return self._refusal(admission)
         job_log = self._new_log(job)
         running = self._running[job.id] = _Running(job, job_log)
         self._deps.metrics.jobs_started.inc()
@@ -236,50 +305,98 @@ class JobRegistry(Actor):
         self.context.watch(running.stream)
         return job if passthrough is None else ForegroundStarted(job, passthrough)
 
-    def _at_cap(self, owner: Owner, foreground: bool) -> ServiceError | None:
-        """The refusal of a new job at its caps, or None: a foreground job counts
-        against the foreground cap only, a background job against the others only."""
-        jobs = [r.job for r in self._running.values() if r.job.foreground == foreground]
-        if foreground:
+    async def _admit(self, job: Job) -> Admission:
+        """Store ``job`` unless that passes a cap: on a shared store, the store decides
+        across every node; else this registry, from the jobs it runs. Raises StoreError."""
+        if self._cluster is not None:
+            limits = Limits(
+                self._config.max_concurrent_jobs,
+                self._config.max_jobs_per_user,
+                self._config.max_foreground_streams,
+            )
+            return await self._cluster.admit_job(
+                job, limits, self._deps.node_id, self._config.lease_period
+            )
+        admission = self._local_admission(job)
+        if admission is Admission.ADMITTED:
+            await self._store.create_job(job)
+        return admission
+
+    def _local_admission(self, job: Job) -> Admission:
+        """Whether ``job`` passes the caps given the jobs running here: a foreground job
+        counts against the foreground cap only, a background job against the others only."""
+        jobs = [r.job for r in self._running.values() if r.job.foreground == job.foreground]
+        if job.foreground:
             if len(jobs) >= self._config.max_foreground_streams:
+                return Admission.FOREGROUND_CAP
+            return Admission.ADMITTED
+        if len(jobs) >= self._config.max_concurrent_jobs:
+            return Admission.GLOBAL_CAP
+        # Per user, across workspaces: switching workspace does not lift the cap.
+        if sum(1 for j in jobs if j.user_id == job.user_id) >= self._config.max_jobs_per_user:
+            return Admission.USER_CAP
+        return Admission.ADMITTED
+
+    def _refusal(self, admission: Admission) -> ServiceError:
+        config = self._config
+        match admission:
+            case Admission.FOREGROUND_CAP:
                 return ForegroundBusy(
-                    f"{self._config.max_foreground_streams} foreground streams are open, "
+                    f"{config.max_foreground_streams} foreground streams are open, "
                     "the most this server serves"
                 )
-            return None
-        if len(jobs) >= self._config.max_concurrent_jobs:
-            return ServerBusy(
-                f"{self._config.max_concurrent_jobs} jobs are running, the most this server runs"
-            )
-        # Per user, across workspaces: switching workspace does not lift the cap.
-        mine = sum(1 for job in jobs if job.user_id == owner.user_id)
-        if mine >= self._config.max_jobs_per_user:
-            return TooManyJobs(
-                f"you already run {mine} jobs, the most allowed per user; "
-                "wait for one to finish or abort one"
-            )
-        return None
+            case Admission.USER_CAP:
+                return TooManyJobs(
+                    f"you already run {config.max_jobs_per_user} jobs, the most allowed per "
+                    "user; wait for one to finish or abort one"
+                )
+            case _:
+                return ServerBusy(
+                    f"{config.max_concurrent_jobs} jobs are running, the most this server runs"
+                )
 
-    async def _abort(self, owner: Owner, job_id: str) -> bool:
+    async def _abort(self, owner: Owner, job_id: str) -> bool | ServiceError:
         running = self._running.get(job_id)
-        if running is None or running.job.owner != owner:
+        if running is not None:
+            if running.job.owner != owner:
+                return False
+            await self._finish(running, JobStatus.ABORTED)
+            return True
+        if self._cluster is None:
             return False
-        await self._finish(running, JobStatus.ABORTED)
-        return True
-
-    async def _follow(self, owner: Owner, job_id: str) -> Subscription | None:
-        running = self._running.get(job_id)
-        if running is None:
+        # Another node runs it, if anyone: the first terminal update wins, so an
+        # abort racing the job's end ends it once, either way.
+        try:
             job = await self._store.get_job(job_id)
-            if job is None or job.owner != owner:
-                return None
-            return Subscription(job, None)
-        if running.job.owner != owner:
+            if job is None or job.owner != owner or job.status.is_terminal:
+                return False
+            aborted = attrs.evolve(
+                job, status=JobStatus.ABORTED, completed_at=self._deps.clock.now()
+            )
+            won, _ = await self._record_end(aborted, [], watched=True)
+        except StoreError as error:
+            log.warning("the store failed; abort refused", job_id=job_id, error=str(error))
+            return StoreUnavailable("the store does not answer; try again later")
+        if won:
+            try:
+                await self._cluster.publish(CONTROL_CHANNEL, job_id.encode())
+            except StoreError as error:
+                # Its node finds out at its next lease renewal.
+                log.warning("could not publish an abort", job_id=job_id, error=str(error))
+        return won
+
+    async def _follow(self, owner: Owner, job_id: str) -> Subscription | ServiceError | None:
+        running = self._running.get(job_id)
+        if running is not None and running.job.owner != owner:
             return None
-        job = await self._store.get_job(job_id)
-        if job is None:
+        try:
+            job = await self._store.get_job(job_id)
+        except StoreError:
+            return StoreUnavailable("the store does not answer; try again later")
+        if job is None or job.owner != owner:
             return None
-        return Subscription(job, running.log)
+        # Without a log here, the job is terminal, or running on another node.
+        return Subscription(job, None if running is None else running.log)
 
     def _on_polled(self, job_id: str) -> None:
         running = self._running.get(job_id)
@@ -287,7 +404,7 @@ class JobRegistry(Actor):
             running.polled_at = trio.current_time()
 
     def _watched(self, running: _Running) -> bool:
-        """Whether someone watches the job: a live follower, or its owner's poll
+        """Whether someone here watches the job: a live follower, or its owner's poll
         less than ``watch_window`` seconds ago."""
         if running.log.watchers > 0:
             return True
@@ -306,7 +423,14 @@ class JobRegistry(Actor):
             generation_id=generation_id or running.job.generation_id,
         )
         running.job = job
-        await self._store.update_job(job)
+        try:
+            updated = await self._store.update_job(job)
+        except StoreError as error:
+            # Its end, stored once the store answers, says the rest.
+            log.warning("the store failed; status not stored", job_id=job_id, error=str(error))
+            return
+        if not updated and self._cluster is not None:
+            await self._on_lost(frozenset({job_id}))
 
     async def _on_stream_stopped(
         self, ref: ActorRef, reason: ExitReason, error: BaseException | None
@@ -321,6 +445,67 @@ class JobRegistry(Actor):
             running, JobStatus.ERROR, error=f"stream stopped ({reason.value}){detail}"
         )
 
+    # -- from other nodes, through the store ----------------------------------------
+
+    async def _on_control(self, message: bytes) -> None:
+        """An abort was written on another node: stop the job, if it runs here."""
+        job_id = message.decode()
+        if job_id in self._running:
+            await self.context.self.tell(JobsLost(frozenset({job_id})))
+
+    async def _on_lost(self, job_ids: frozenset[str]) -> None:
+        for job_id in job_ids:
+            running = self._running.get(job_id)
+            if running is None:
+                continue
+            try:
+                stored = await self._store.get_job(job_id)
+            except StoreError as error:
+                # The next renewal reports it again.
+                log.warning("the store failed; lost job goes on", job_id=job_id, error=str(error))
+                continue
+            if stored is not None and stored.status.is_terminal:
+                self._end_as_stored(running, stored)
+            else:
+                # Its lease ran out, and no reaper ended it yet: end it as one would.
+                await self._finish(running, JobStatus.ERROR, error=NODE_LOST)
+
+    def _end_as_stored(self, running: _Running, stored: Job) -> None:
+        """Stop a job another node ended: its output, status and notification are stored."""
+        del self._running[stored.id]
+        self._stop_stream_soon(running)
+        self._deps.metrics.jobs_finished.labels(stored.status.value).inc()
+        self._deps.metrics.jobs_running.set(len(self._running))
+        running.log.close(StatusEvent.of(stored))
+        log.info("job ended on another node", job_id=stored.id, status=stored.status.value)
+
+    async def _reap(self, job_ids: tuple[str, ...]) -> int:
+        ended = 0
+        for job_id in job_ids:
+            if job_id in self._running or job_id in self._unrecorded:
+                continue  # ours: the next renewal tells us if its lease is lost
+            try:
+                job = await self._store.get_job(job_id)
+                if job is None or job.status.is_terminal:
+                    continue
+                lost = attrs.evolve(
+                    job,
+                    status=JobStatus.ERROR,
+                    error=NODE_LOST,
+                    completed_at=self._deps.clock.now(),
+                )
+                # Notified even if watched: whoever watched may have watched through
+                # the node that died, and lost the connection with it.
+                won, _ = await self._record_end(lost, [], False, watched_elsewhere=False)
+            except StoreError as error:
+                log.warning("the store failed; reaping waits", error=str(error))
+                break
+            if won:
+                ended += 1
+                self._deps.metrics.jobs_finished.labels(JobStatus.ERROR.value).inc()
+                log.info("job of a lost node ended", job_id=job_id)
+        return ended
+
     # -- from the sweeper and the service --------------------------------------
 
     async def _sweep(self) -> SweepResult:
@@ -331,8 +516,14 @@ class JobRegistry(Actor):
             if age >= self._config.job_timeout:
                 await self._finish(running, JobStatus.ERROR, error="Job timed out")
                 timed_out += 1
-        cutoff = now - timedelta(seconds=self._config.retention)
-        deleted = await self._store.delete_finished_before(cutoff)
+        deleted: list[str] = []
+        # A shared store expires finished jobs by itself.
+        if self._cluster is None:
+            cutoff = now - timedelta(seconds=self._config.retention)
+            try:
+                deleted = await self._store.delete_finished_before(cutoff)
+            except StoreError as error:
+                log.warning("the store failed; retention waits", error=str(error))
         if timed_out or deleted:
             log.info("swept", timed_out=timed_out, deleted=len(deleted))
         return SweepResult(timed_out, len(deleted))
@@ -341,10 +532,10 @@ class JobRegistry(Actor):
         for running in [r for r in self._running.values() if r.stream is None]:
             await self._finish(running, JobStatus.ERROR, error="interrupted: stream lost")
 
-    async def _interrupt_all(self, reason: str) -> int:
+    async def _interrupt_all(self, reason: str, store_down: bool) -> int:
         running_jobs = list(self._running.values())
         for running in running_jobs:
-            await self._finish(running, JobStatus.ERROR, error=reason)
+            await self._finish(running, JobStatus.ERROR, error=reason, store_down=store_down)
         return len(running_jobs)
 
     # -- shared steps -------------------------------------------------------------
@@ -386,8 +577,10 @@ class JobRegistry(Actor):
         generation_id: str | None = None,
         tool_calls: list[dict[str, Any]] | None = None,
         images: list[dict[str, Any]] | None = None,
+        store_down: bool = False,
     ) -> None:
-        """Record a terminal status, have the notifier decide, and end the log.
+        """End a job running here: store its end (see :meth:`_record_end`), then end
+        its log with the status the store has.
 
         The stored job ends with every delta its log received by then; the log
         closes at the stored seq, so no follower ever sees a delta the store
@@ -396,6 +589,10 @@ class JobRegistry(Actor):
         (aborted, timed out, interrupted) loses what its stream had of them.
         A foreground job counts as watched (its caller saw it end), so it gets
         no notification, only its webhook job event.
+
+        If the store fails (or ``store_down`` says it does), the log ends at once
+        at the persisted seq, all its followers were sent, and a task stores the
+        end, with the deltas that were not stored yet, once the store answers.
         """
         del self._running[running.job.id]
         self._stop_stream_soon(running)
@@ -410,29 +607,84 @@ class JobRegistry(Actor):
             tool_calls=tool_calls or [],
             images=images or [],
         )
-        # A stopped stream may leave deltas the persister has not taken yet:
-        # store them now, after whatever it has in flight, so the job keeps
-        # everything it received.
+        # A stopped stream may leave deltas the persister has not taken yet: they
+        # are stored with the end, after any the persister is writing.
+        running.log.seal()
+        await running.log.settled()
         pending = running.log.take_pending()
-        if pending:
-            await self._store.append_deltas(job.id, pending)
         # A foreground job's caller saw it end on its own stream.
         watched = job.foreground or self._watched(running)
-        # Every terminal status: the notifier decides on a notification and
-        # webhooks. Before the status is stored: whoever sees the job ended
-        # finds its notification too.
-        await self._notify_soon(job, watched)
-        await self._store.update_job(job)
-        stored = await self._store.get_job(job.id)
-        last_seq = stored.last_seq if stored is not None else running.log.persisted_seq
-        self._deps.metrics.jobs_finished.labels(status.value).inc()
+        final: StatusEvent | None = None
+        if not store_down:
+            try:
+                _, final = await self._record_end(job, pending, watched)
+            except StoreError as failure:
+                log.warning(
+                    "the store failed; the end is stored later", job_id=job.id, error=str(failure)
+                )
+        if final is None:
+            self._unrecorded.add(job.id)
+            self.context.start_task(self._record_end_later, job, pending, watched)
+            final = StatusEvent(status, error, finish_reason, usage, running.log.persisted_seq)
+        self._deps.metrics.jobs_finished.labels(final.status.value).inc()
         self._deps.metrics.jobs_running.set(len(self._running))
-        running.log.close(StatusEvent(status, error, finish_reason, usage, last_seq))
-        log.info("job finished", job_id=job.id, status=status.value, watched=watched)
+        running.log.close(final)
+        log.info("job finished", job_id=job.id, status=final.status.value, watched=watched)
+
+    async def _record_end(
+        self, job: Job, pending: list[Delta], watched: bool, *, watched_elsewhere: bool = True
+    ) -> tuple[bool, StatusEvent]:
+        """Store the terminal ``job`` after its ``pending`` deltas, and have the notifier
+        decide on it (``watched``: someone here watched it end).
+
+        Returns whether this call's end is the job's, and the job's final status as
+        stored. On a shared store another node may have ended the job first: that end
+        stays, and this one notifies nobody; a job watched on another node counts as
+        watched, unless ``watched_elsewhere`` is False. Raises StoreError if the store
+        fails; calling again is harmless.
+        """
+        if pending:
+            await self._store.append_deltas(job.id, pending)
+        if self._cluster is None:
+            # Before the status is stored: whoever sees the job ended finds its
+            # notification too.
+            await self._notify_soon(job, watched)
+            won = await self._store.update_job(job)
+            stored = await self._store.get_job(job.id)
+        else:
+            # Only the writer of the first terminal update notifies; an earlier try of
+            # this same end (its answer lost) wrote it if the stored end is this one's.
+            won = await self._store.update_job(job)
+            stored = await self._store.get_job(job.id)
+            won = won or (stored is not None and stored.completed_at == job.completed_at)
+            if won:
+                if not watched and watched_elsewhere:
+                    watched = await self._cluster.is_watched(job.id)
+                await self._notify_soon(job, watched)
+        return won, StatusEvent.of(stored or job)
+
+    async def _record_end_later(self, job: Job, pending: list[Delta], watched: bool) -> None:
+        """:meth:`_record_end` until the store answers, backing off; then the job's lease
+        (held meanwhile) is let go."""
+        async for attempt in stamina.retry_context(
+            on=StoreError,
+            attempts=None,
+            timeout=None,
+            wait_initial=0.05,
+            wait_max=_MAX_RECORD_DELAY,
+            wait_jitter=0.05,
+        ):
+            with attempt:
+                await self._record_end(job, pending, watched)
+        self._unrecorded.discard(job.id)
+        log.info("stored the end of a job", job_id=job.id, status=job.status.value)
 
     async def _notify_soon(self, job: Job, watched: bool) -> None:
         """Have the notifier decide now, waiting at most ``_NOTIFY_WAIT`` seconds;
-        if it cannot answer by then, go on trying in a task of this actor."""
+        if it cannot answer by then, go on trying in a task of this actor.
+
+        Raises StoreError if the notifier could not read or write the store.
+        """
         if not await self._ask_notifier(job, watched, _NOTIFY_WAIT):
             self.context.start_task(self._notify, job, watched)
 
@@ -440,19 +692,23 @@ class JobRegistry(Actor):
         # The notifier stores at most one notification per job, so a retry
         # after its crash cannot notify twice.
         for _attempt in range(_NOTIFY_ATTEMPTS):
-            if await self._ask_notifier(job, watched, 30.0):
-                return
+            with contextlib.suppress(StoreError):
+                if await self._ask_notifier(job, watched, 30.0):
+                    return
         log.error("job finished without a notification", job_id=job.id)
 
     async def _ask_notifier(self, job: Job, watched: bool, timeout: float) -> bool:
         """Tell the notifier the job ended; True once it answered, False if it
-        crashed on it, did not answer within ``timeout``, or is not running."""
+        crashed on it, did not answer within ``timeout``, or is not running.
+        Raises StoreError if it answered that the store failed."""
         notifier = self.context.system.lookup(NOTIFIER)
         if notifier is None:
             return False
         try:
-            await notifier.ask(JobFinished(job, watched), timeout=timeout)
+            reply = await notifier.ask(JobFinished(job, watched), timeout=timeout)
         except (ActorCrashed, AskTimeout, ActorStopped) as failure:
             log.warning("notifier did not answer", job_id=job.id, error=str(failure))
             return False
+        if isinstance(reply, StoreUnavailable):
+            raise StoreError(str(reply))
         return True

@@ -9,6 +9,13 @@ With ``webhook_url`` set, every job end it hears of (aborted too) is also queued
 webhook event, with the notification's own event when there is one, in the same
 store write as the notification; then the :class:`~actors.notifications.webhooks.WebhookSender`
 is woken to deliver them. Nothing here waits for a delivery.
+
+On a store several nodes share, the notifier that creates a notification
+publishes it, and every node's notifier pushes what the others publish to its
+own followers. A follower on any node gets it live; one whose node was cut off
+from the store finds it in the list.
+
+When the store fails, every reply that needed it is a StoreUnavailable.
 """
 
 from __future__ import annotations
@@ -17,10 +24,15 @@ import contextlib
 from collections import defaultdict
 from typing import Any
 
+import attrs
 import structlog
 import trio
+from cattrs.errors import ClassValidationError
 
+from actors import codec
 from actors.dependencies import WEBHOOKS, ServiceDependencies
+from actors.errors import StoreUnavailable
+from actors.jobs.cluster import listen
 from actors.messages import (
     DeleteNotification,
     FollowNotifications,
@@ -41,11 +53,24 @@ from actors.model import (
     WebhookEvent,
 )
 from actors.notifications.webhooks import job_event, notification_event
+from actors.stores import StoreError
+from actors.stores.protocol import ClusterStore
 from runtime import Actor, ActorStopped, ExitReason, MailboxFull
 
-__all__ = ["Notifier", "notification_for"]
+__all__ = ["NOTIFICATIONS_CHANNEL", "Notifier", "notification_for"]
 
 log = structlog.get_logger("troupe.notifier")
+
+NOTIFICATIONS_CHANNEL = "notifications"
+"""The channel every notification created on a shared store is published on."""
+
+
+@attrs.frozen
+class _Published:
+    """A notification as published: ``node`` created it (and pushed it to its own followers)."""
+
+    node: str
+    notification: Notification
 
 
 def notification_for(job: Job, notification_id: str, created_at: Any) -> Notification | None:
@@ -83,6 +108,11 @@ class Notifier(Actor):
 
     async def on_start(self) -> None:
         self._store = await self._deps.stores.get()
+        self._cluster = self._store if isinstance(self._store, ClusterStore) else None
+        if self._cluster is not None:
+            self.context.start_task(
+                listen, self._cluster, NOTIFICATIONS_CHANNEL, self._on_published
+            )
 
     async def on_stop(self, reason: ExitReason) -> None:
         # Followers resubscribe on their own when their channel ends.
@@ -91,6 +121,15 @@ class Notifier(Actor):
                 channel.close()
 
     async def handle(self, message: Any) -> Any:
+        # An outage is an answer, not a crash: a crash per request would soon take
+        # the service down with this actor.
+        try:
+            return await self._handle(message)
+        except StoreError as error:
+            log.warning("the store failed", request=type(message).__name__, error=str(error))
+            return StoreUnavailable("the store does not answer; try again later")
+
+    async def _handle(self, message: Any) -> Any:
         store = self._store
         match message:
             case JobFinished(job, watched):
@@ -128,7 +167,32 @@ class Notifier(Actor):
         if notification is not None:
             log.info("notified", job_id=job.id, type=notification.type.value)
             self._push(notification)
+            await self._publish(notification)
         return notification
+
+    async def _publish(self, notification: Notification) -> None:
+        if self._cluster is None:
+            return
+        try:
+            await self._cluster.publish(
+                NOTIFICATIONS_CHANNEL, codec.dumps(_Published(self._deps.node_id, notification))
+            )
+        except StoreError as error:
+            # It is stored: followers on other nodes find it in the list.
+            log.warning(
+                "could not publish a notification", job_id=notification.job_id, error=str(error)
+            )
+
+    async def _on_published(self, message: bytes) -> None:
+        """Push a notification another node created to the followers here."""
+        try:
+            published = codec.loads(message, _Published)
+        except (ValueError, ClassValidationError) as error:
+            log.error("unreadable notification on the channel", error=str(error))
+            return
+        if published.node != self._deps.node_id:
+            # Not a handler, but _push never awaits, so no handler runs in between.
+            self._push(published.notification)
 
     async def _decide(self, job: Job, watched: bool) -> Notification | None:
         """The notification ``job``'s end calls for, or None."""

@@ -15,6 +15,9 @@ answer, a timeout or a connection error schedules the next attempt after
 ``410 Gone`` disables the endpoint: the sender records that in the store (so it
 holds across restarts), logs an error and delivers nothing more to that URL; the
 events stay queued (until their max age) for the next ``webhook_url``.
+
+While the store fails, the sender tries again every ``_STORE_RETRY`` seconds; an
+outcome it could not record is delivered again once its lease in the outbox ends.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from actors import codec
 from actors.dependencies import ServiceDependencies
 from actors.messages import WebhooksQueued
 from actors.model import Job, JobStatus, Notification, WebhookEvent
+from actors.stores import StoreError
 from runtime import Actor, ExitReason
 
 __all__ = [
@@ -50,6 +54,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger("troupe.webhooks")
+
+# Seconds between two tries of the outbox while the store fails.
+_STORE_RETRY: Final = 1.0
 
 NOTIFICATION_CREATED: Final = "notification.created"
 JOB_EVENT_TYPES: Final[Mapping[JobStatus, str]] = {
@@ -199,14 +206,8 @@ class WebhookSender(Actor):
 
     async def on_start(self) -> None:
         self._store = await self._deps.stores.get()
-        self._disabled = await self._store.webhook_endpoint_disabled_at(self._url) is not None
-        self._metrics.webhook_endpoint_disabled.set(int(self._disabled))
-        if self._disabled:
-            log.error(
-                "webhook endpoint disabled: it answered 410 Gone; set another webhook_url "
-                "to deliver again",
-                endpoint=self._endpoint,
-            )
+        # Read from the store in the first round: None until then.
+        self._disabled: bool | None = None
         self._client = httpx.AsyncClient(
             transport=self._transport, timeout=self._config.webhook_timeout, follow_redirects=False
         )
@@ -214,11 +215,14 @@ class WebhookSender(Actor):
 
     async def on_stop(self, reason: ExitReason) -> None:
         try:
-            # Deliveries were cut off: end their leases, so the next start sends them.
+            # Deliveries were cut off: end their leases, so the next start sends them
+            # (or, if the store fails, their leases end on their own).
             for event in self._in_flight.values():
                 await self._store.reschedule_webhook(
                     event.id, event.attempts, event.next_attempt_at
                 )
+        except StoreError as error:
+            log.warning("could not give cut-off deliveries back", error=str(error))
         finally:
             await self._client.aclose()
 
@@ -231,7 +235,11 @@ class WebhookSender(Actor):
     async def _run(self) -> None:
         async with trio.open_nursery() as deliveries:
             while True:
-                due_at = await self._round(deliveries)
+                try:
+                    due_at = await self._round(deliveries)
+                except StoreError as error:
+                    log.warning("the store failed; the outbox waits", error=str(error))
+                    due_at = self._deps.clock.now() + timedelta(seconds=_STORE_RETRY)
                 seconds = (
                     math.inf
                     if due_at is None
@@ -245,7 +253,16 @@ class WebhookSender(Actor):
 
     async def _round(self, deliveries: trio.Nursery) -> datetime | None:
         """Give up expired events and start delivering due ones in ``deliveries``;
-        return when the next round is due (None: only when woken)."""
+        return when the next round is due (None: only when woken). Raises StoreError."""
+        if self._disabled is None:
+            self._disabled = await self._store.webhook_endpoint_disabled_at(self._url) is not None
+            self._metrics.webhook_endpoint_disabled.set(int(self._disabled))
+            if self._disabled:
+                log.error(
+                    "webhook endpoint disabled: it answered 410 Gone; set another webhook_url "
+                    "to deliver again",
+                    endpoint=self._endpoint,
+                )
         now = self._deps.clock.now()
         # At its max age to the microsecond, an event is given up: "before" is strict.
         expired = await self._store.delete_webhooks_created_before(
@@ -269,7 +286,14 @@ class WebhookSender(Actor):
 
     async def _deliver(self, event: WebhookEvent) -> None:
         outcome = await self._post(event)
-        await self._settle(event, outcome, self._deps.clock.now())
+        try:
+            await self._settle(event, outcome, self._deps.clock.now())
+        except StoreError as error:
+            log.warning(
+                "the store failed; the delivery is made again when its lease ends",
+                webhook_id=event.id,
+                error=str(error),
+            )
         self._in_flight.pop(event.id, None)
         self._wake.set()
 

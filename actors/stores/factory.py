@@ -1,17 +1,16 @@
 """Builds the configured store once and hands out the same instance after.
 
-Backends are looked up by name in :data:`BACKENDS`. Adding one (a shared Redis
-store for several nodes, say) means writing its store class and adding an
-entry there; nothing else changes.
+Backends are looked up by name in :data:`BACKENDS`. Adding one means writing its
+store class and adding an entry there; nothing else changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 
 import trio
 
+from actors.config import ServiceConfig
 from actors.stores.memory import MemoryStore
 from actors.stores.protocol import Store, StoreError
 from actors.stores.sqlite import SqliteStore
@@ -20,16 +19,18 @@ __all__ = ["BACKENDS", "SQLITE_FILE_NAME", "StoreBuilder", "StoreFactory"]
 
 SQLITE_FILE_NAME = "troupe.db"
 
-StoreBuilder = Callable[[Path], Awaitable[Store]]
-"""Opens a backend's store, given the data directory; raises StoreError if it cannot."""
+StoreBuilder = Callable[[ServiceConfig], Awaitable[Store]]
+"""Opens a backend's store as ``config`` sets it up; raises StoreError if it cannot."""
 
 
-async def _build_memory(data_dir: Path) -> Store:
+async def _build_memory(config: ServiceConfig) -> Store:
     await trio.lowlevel.checkpoint()
     return MemoryStore()
 
 
-async def _build_sqlite(data_dir: Path) -> Store:
+async def _build_sqlite(config: ServiceConfig) -> Store:
+    data_dir = config.data_dir
+
     def open_store() -> SqliteStore:
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -42,29 +43,48 @@ async def _build_sqlite(data_dir: Path) -> Store:
     return await trio.to_thread.run_sync(open_store)
 
 
+async def _build_redis(config: ServiceConfig) -> Store:
+    # Here: coredis takes a while to load, and no other backend needs it.
+    from actors.stores.redis import RedisStore
+
+    return await RedisStore.open(
+        config.redis_url,
+        prefix=config.redis_prefix,
+        retention=config.retention,
+        connect_timeout=config.redis_connect_timeout,
+        command_timeout=config.redis_command_timeout,
+    )
+
+
 BACKENDS: Mapping[str, StoreBuilder] = {
     "memory": _build_memory,
     "sqlite": _build_sqlite,
+    "redis": _build_redis,
 }
 """Every backend the factory knows, by the name configuration uses for it."""
 
 
 class StoreFactory:
-    """Gives out one cached store of the configured ``backend``.
+    """Gives out one cached store of the backend ``config.store`` names.
 
-    ``data_dir`` is where persistent backends keep their files (the SQLite
-    backend uses ``data_dir / "troupe.db"`` and creates the directory).
+    The SQLite backend keeps its file in ``config.data_dir / "troupe.db"`` (and
+    creates the directory); the Redis backend reads the ``redis_*`` settings and
+    ``retention``.
     """
 
-    def __init__(self, backend: str, data_dir: Path) -> None:
-        self.backend = backend
-        self.data_dir = data_dir
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
         self._lock = trio.Lock()
         self._store: Store | None = None
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<StoreFactory backend={self.backend!r} data_dir={str(self.data_dir)!r}>"
+        return f"<StoreFactory backend={self.backend!r}>"
+
+    @property
+    def backend(self) -> str:
+        """The configured backend's name."""
+        return self.config.store
 
     async def get(self) -> Store:
         """Return the store, building it on the first call.
@@ -84,7 +104,7 @@ class StoreFactory:
                         f"unknown store backend {self.backend!r}: "
                         f"expected one of {', '.join(BACKENDS)}"
                     )
-                self._store = await build(self.data_dir)
+                self._store = await build(self.config)
             return self._store
 
     async def aclose(self) -> None:

@@ -342,8 +342,12 @@ class ClusterStore(Store, Protocol):
 
     async def renew_leases(self, node_id: str, job_ids: Collection[str], lease: float) -> set[str]:
         """Extend for ``lease`` seconds ``node_id``'s leases on ``job_ids``, in one round
-        trip; return the ids whose lease it no longer holds (they expired, and another
-        node may have ended the job), renewing nothing for those."""
+        trip; return the ids whose lease it no longer holds (the job is no longer running
+        under ``node_id``'s lease: another node ended it), renewing nothing for those.
+
+        A lease that ran out on a job still running is renewed all the same: after an
+        outage of the store every lease may have run out, and the nodes that are alive
+        renew theirs before the others end the jobs of :meth:`expired_jobs`."""
         ...
 
     async def expired_jobs(self) -> list[str]:

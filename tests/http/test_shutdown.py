@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import trio
 
+from actors.config import ServiceConfig
 from actors.model import JobStatus
 from actors.stores import StoreFactory
 from tests.http.conftest import (
@@ -96,7 +97,7 @@ async def test_shutdown_ends_streams_returns_fast_and_keeps_partial_jobs(
         assert shutdown["last_seq"] == deltas[-1].json()["seq"]
         assert not read.named("status")
 
-    stores = StoreFactory("sqlite", tmp_path)
+    stores = StoreFactory(ServiceConfig(store="sqlite", data_dir=tmp_path))
     try:
         store = await stores.get()
         for job_id in job_ids:

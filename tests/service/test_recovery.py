@@ -80,7 +80,7 @@ def _job(job_id: str, status: JobStatus) -> Job:
 async def _write_jobs_of_a_killed_process(data_dir: Path) -> None:
     """Leave jobs the way a process killed mid-stream would: one streaming with some
     deltas stored, one still queued (its upstream had not answered yet)."""
-    stores = StoreFactory("sqlite", data_dir)
+    stores = StoreFactory(sqlite_config(data_dir))
     try:
         store = await stores.get()
         await store.create_job(_job("killed-job", JobStatus.STREAMING))

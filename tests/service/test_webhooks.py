@@ -35,7 +35,7 @@ from actors.notifications.webhooks import (
     sign,
 )
 from actors.store_keeper import StoreKeeper
-from actors.stores import Store, StoreFactory
+from actors.stores import Store, StoreError, StoreFactory
 from actors.upstream import SimulatedUpstream
 from runtime import ActorSystem, ChildSpec, SupervisorSpec, open_system
 from tests.service.kit import ALICE, config
@@ -181,7 +181,7 @@ async def running_sender(
         **overrides,
     }
     deps = ServiceDependencies(
-        config(stores.data_dir, **settings), stores, SimulatedUpstream(), TrioWallClock()
+        config(stores.config.data_dir, **settings), stores, SimulatedUpstream(), TrioWallClock()
     )
     sender = functools.partial(
         WebhookSender,
@@ -203,7 +203,7 @@ async def running_sender(
 @pytest.fixture
 async def stores(tmp_path: Path) -> AsyncIterator[StoreFactory]:
     """A memory store that outlives each sender run of a test, as a database would."""
-    factory = StoreFactory("memory", tmp_path)
+    factory = StoreFactory(config(tmp_path))
     yield factory
     await factory.aclose()
 
@@ -419,7 +419,7 @@ async def running_notifier(
     """The store keeper and the notifier, with webhooks configured unless overridden."""
     settings: dict[str, Any] = {"webhook_url": URL, "webhook_secret": SECRET, **overrides}
     deps = ServiceDependencies(
-        config(stores.data_dir, **settings), stores, SimulatedUpstream(), TrioWallClock()
+        config(stores.config.data_dir, **settings), stores, SimulatedUpstream(), TrioWallClock()
     )
     spec = SupervisorSpec(
         children=[
@@ -554,3 +554,48 @@ async def test_without_a_webhook_url_nothing_is_queued(stores: StoreFactory) -> 
         _, note = await finish(system, store, JobStatus.COMPLETE)
         assert note is not None
         assert await queued_payloads(store) == []
+
+
+async def test_a_store_outage_holds_deliveries_back_without_a_crash(
+    autojump_clock: MockClock, stores: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the store fails the sender waits, then delivers what the outbox holds;
+    a delivery whose outcome it could not record is made again once its lease ends."""
+    store = await stores.get()
+    down = True
+
+    for name in ("webhook_endpoint_disabled_at", "take_due_webhooks", "remove_webhook"):
+        real = getattr(type(store), name)
+
+        async def call(self: Store, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            if down:
+                raise StoreError("store down")
+            return await _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(store), name, call)
+
+    async def answer(_request: httpx.Request) -> int:
+        nonlocal down
+        # The first delivery goes through, and the store fails before it is recorded.
+        down = len(receiver.requests) == 1
+        await trio.lowlevel.checkpoint()
+        return 200
+
+    receiver = Receiver(answer)
+    async with running_sender(stores, receiver, webhook_max_age=3600.0) as harness:
+        queued = event(now_of(harness))
+        await harness.store.enqueue_webhooks([queued])
+        harness.wake()
+        await trio.sleep(10)
+        assert receiver.requests == []
+        down = False
+        await trio.sleep(2)  # the next try of the outbox
+        assert len(receiver.requests) == 1
+        down = False
+        await trio.sleep(TIMEOUT + 120)
+        node = harness.system.snapshot().find(WEBHOOKS)
+        depth = (await harness.store.webhook_outbox_summary()).depth
+
+    assert node is not None and node.restarts == 0
+    assert [request.headers["webhook-id"] for _, request in receiver.requests] == [queued.id] * 2
+    assert depth == 0

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test deps lint bench serve format clean
+.PHONY: test deps lint bench soak serve format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(STAMP) deps
 	$(BIN)/python benchmarks/service_bench.py
 	$(BIN)/python benchmarks/jobs_bench.py
 	$(BIN)/python benchmarks/resume_bench.py
+
+# The reliability tests (tests/reliability) at their large sizes, then the table of
+# what each injected, how often, and what was lost. `make test` runs them small.
+soak: $(STAMP) deps
+	TROUPE_SOAK=1 $(BIN)/pytest tests/reliability -o timeout=1800
 
 serve: $(STAMP)
 	$(BIN)/python examples/server.py

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from actors.model import Delta, Job, JobStatus, Owner
 from actors.stores import RedisStore, StoreError
 from actors.stores.protocol import Admission, Limits
+from actors.stores.redis import RedisStoreStatistics
 from tests.redis_server import RedisServer, fresh_prefix
 
 RETENTION = 3600.0
@@ -334,35 +335,32 @@ async def test_read_live_times_out_with_nothing(store: RedisStore) -> None:
     assert await store.read_live(job.id, 0, 0) == ([], False)
 
 
-async def test_cancelled_blocked_reads_leave_every_lane_usable(
-    redis_server: RedisServer, prefix: str
-) -> None:
-    async with open_store(redis_server.url, prefix, max_blocking_reads=2) as store:
-        job = make_job("job-cancelled")
-        await store.create_job(job)
+async def test_cancelled_waiting_reads_leave_the_live_reader_serving(store: RedisStore) -> None:
+    job = make_job("job-cancelled")
+    await store.create_job(job)
 
-        with trio.fail_after(1.0):
-            async with trio.open_nursery() as nursery:
-                for _ in range(5):
-                    nursery.start_soon(store.read_live, job.id, 0, 0.5)
-                await trio.sleep(0.1)
-                nursery.cancel_scope.cancel()
+    with trio.fail_after(1.0):
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(store.read_live, job.id, 0, 0.5)
+            await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    assert store.statistics().live_waiters == 0
 
-        # The abandoned reads end on the server by their own timeout, then both
-        # lanes serve again: two readers wake on one delta.
-        got: list[tuple[list[Delta], bool]] = []
+    # Two readers wake on one delta.
+    got: list[tuple[list[Delta], bool]] = []
 
-        async def read() -> None:
-            got.append(await store.read_live(job.id, 0, 3.0))
+    async def read() -> None:
+        got.append(await store.read_live(job.id, 0, 3.0))
 
-        with trio.fail_after(3.0):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read)
-                nursery.start_soon(read)
-                await trio.sleep(0.6)
-                await store.append_deltas(job.id, deltas(job.id, "x"))
-        assert got == [(deltas(job.id, "x"), False)] * 2
-        await store.ping()
+    with trio.fail_after(3.0):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            nursery.start_soon(read)
+            await trio.sleep(0.2)
+            await store.append_deltas(job.id, deltas(job.id, "x"))
+    assert got == [(deltas(job.id, "x"), False)] * 2
+    await store.ping()
 
 
 async def test_a_subscriber_gets_what_is_published_on_its_channel_from_then_on(
@@ -397,6 +395,210 @@ async def test_a_subscriber_that_falls_behind_loses_its_subscription(
                 await anext(messages)
 
 
+# -- following jobs live -------------------------------------------------------
+
+
+async def command_calls(client: coredis.Redis[str], *commands: str) -> int:
+    """How many times the server has run ``commands`` (its ``INFO commandstats``)."""
+    stats: dict[str, Any] = await client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{command}", {}).get("calls", 0) for command in commands)
+
+
+async def follow(node: RedisStore, job_id: str, after: int = 0) -> list[Delta]:
+    """Read the job live, as a follower does, until its end; every delta read."""
+    got: list[Delta] = []
+    while True:
+        found, ended = await node.read_live(job_id, after, 1.0)
+        got += found
+        after = got[-1].seq if got else after
+        if ended:
+            return got
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Return once ``condition()`` holds, looking every 10 ms: nothing signals a change
+    of the store's statistics."""
+    while True:
+        if condition():
+            return
+        await trio.sleep(0.01)
+
+
+async def test_followers_of_many_jobs_share_one_reader_and_get_every_delta_once(
+    store: RedisStore, other_node: RedisStore, redis_server: RedisServer
+) -> None:
+    jobs = [make_job(f"job-many-{i}") for i in range(20)]
+    for job in jobs:
+        await store.create_job(job)
+    # Every script this uses once, so that none is loaded (one more command) below.
+    warm = make_job("job-warm")
+    await store.create_job(warm)
+    await store.append_deltas(warm.id, deltas(warm.id, "a"))
+    await other_node.read_live(warm.id, 0, 0)
+    await store.update_job(finished(warm))
+    followers, ticks = 2 * len(jobs), 50
+    got: dict[tuple[str, int], list[Delta]] = {}
+
+    async def follower(job_id: str, n: int) -> None:
+        got[job_id, n] = await follow(other_node, job_id)
+
+    async with raw(redis_server) as client:
+        before = await command_calls(client, "xread", "evalsha")
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for job in jobs:
+                    for n in range(2):
+                        nursery.start_soon(follower, job.id, n)
+                await until(lambda: other_node.statistics().live_waiters == followers)
+                assert other_node.statistics().live_streams == len(jobs)
+                for seq in range(1, ticks + 1):
+                    await store.append_many(
+                        {job.id: [Delta(job.id, seq, f"{seq}")] for job in jobs}
+                    )
+                    await trio.sleep(0.02)
+                for job in jobs:
+                    assert await store.update_job(finished(job))
+        spent = await command_calls(client, "xread", "evalsha") - before
+
+    def every_delta(job_id: str) -> list[Delta]:
+        return [Delta(job_id, seq, f"{seq}") for seq in range(1, ticks + 1)]
+
+    assert got == {(job.id, n): every_delta(job.id) for job in jobs for n in range(2)}
+    # The writer wrote once a tick and once per job's end, a script each. The rest is
+    # a script per follower to start, then an XREAD or two per write for them all
+    # (a blocked XREAD returns the one stream that woke it; the next, the others):
+    # not two commands per follower and tick (4,000).
+    writes = ticks + len(jobs)
+    assert spent - writes <= followers + 3 * writes
+
+
+async def test_a_job_leaves_the_reader_when_no_one_reads_it_and_at_its_end(
+    store: RedisStore, other_node: RedisStore, redis_server: RedisServer
+) -> None:
+    quiet, ending = make_job("job-quiet-live"), make_job("job-ending")
+    await store.create_job(quiet)
+    await store.create_job(ending)
+    assert await other_node.read_live(quiet.id, 0, 0.1) == ([], False)
+    assert other_node.statistics() == RedisStoreStatistics(1, 1, 0)
+    # Three of its reads' timeouts without a read, a block of the reader, and a margin.
+    await trio.sleep(0.6)
+    assert other_node.statistics() == RedisStoreStatistics(0, 0, 0)
+
+    async with raw(redis_server) as client:
+        before = await command_calls(client, "xread")
+        await trio.sleep(0.2)
+        assert await command_calls(client, "xread") == before  # It reads nothing now.
+
+        got: list[tuple[list[Delta], bool]] = []
+
+        async def read(after: int) -> None:
+            got.append(await other_node.read_live(ending.id, after, 5.0))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, 0)
+                await until(lambda: other_node.statistics().live_waiters == 1)
+                await store.append_deltas(ending.id, deltas(ending.id, "a", "b"))
+            assert got.pop() == (deltas(ending.id, "a", "b"), False)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, 2)
+                await until(lambda: other_node.statistics().live_waiters == 1)
+                assert await store.update_job(finished(ending))
+            assert got.pop() == ([], True)
+        # Its end read, it is no longer read, but kept for its followers' last reads,
+        # which cost no command.
+        assert other_node.statistics() == RedisStoreStatistics(1, 0, 0)
+        before = await command_calls(client, "xread", "evalsha")
+        assert await other_node.read_live(ending.id, 1, 1.0) == (
+            deltas(ending.id, "b", first=2),
+            True,
+        )
+        assert await other_node.read_live(ending.id, 0, 1.0, limit=1) == (
+            deltas(ending.id, "a"),
+            False,
+        )
+        assert await command_calls(client, "xread", "evalsha") == before
+
+
+async def test_a_follower_that_stops_reading_holds_no_one_back(
+    store: RedisStore, other_node: RedisStore
+) -> None:
+    job = make_job("job-one-stops")
+    await store.create_job(job)
+    stored = [Delta(job.id, seq, f"{seq}") for seq in range(1, 101)]
+    kept: list[Delta] = []
+    first: list[Delta] = []
+
+    async def keeps_reading() -> None:
+        kept.extend(await follow(other_node, job.id))
+
+    async def stops_reading() -> None:
+        first.extend((await other_node.read_live(job.id, 0, 5.0))[0])
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keeps_reading)
+            nursery.start_soon(stops_reading)
+            await until(lambda: other_node.statistics().live_waiters == 2)
+            for tick in range(0, len(stored), 5):  # Far more than the 64 it keeps.
+                await store.append_deltas(job.id, stored[tick : tick + 5])
+                await trio.sleep(0.01)
+            assert await store.update_job(finished(job))
+        assert kept == stored
+        # Back, far behind: the rest from the store, once each.
+        assert first and first == stored[: len(first)]
+        assert first + await follow(other_node, job.id, first[-1].seq) == stored
+
+
+async def test_a_followed_job_whose_keys_are_lost_has_ended(
+    store: RedisStore, other_node: RedisStore, redis_server: RedisServer, prefix: str
+) -> None:
+    job = make_job("job-lost")
+    await store.create_job(job)
+    assert await other_node.read_live(job.id, 0, 0.05) == ([], False)
+    async with raw(redis_server) as client:
+        await client.delete([f"{prefix}job:{job.id}", f"{prefix}deltas:{job.id}"])
+    assert other_node.statistics().live_streams == 1
+    assert await other_node.read_live(job.id, 0, 0.2) == ([], True)
+
+
+async def test_a_read_waits_for_room_while_the_reader_is_full(
+    redis_server: RedisServer, prefix: str, store: RedisStore
+) -> None:
+    first, second = make_job("job-first-live"), make_job("job-second-live")
+    await store.create_job(first)
+    await store.create_job(second)
+    async with open_store(redis_server.url, prefix, max_live_jobs=1) as node:
+        got: dict[str, tuple[list[Delta], bool]] = {}
+
+        async def read(job_id: str, after: int, timeout: float) -> None:
+            got[job_id] = await node.read_live(job_id, after, timeout)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, first.id, 0, 5.0)
+                await until(lambda: node.statistics().live_waiters == 1)
+                # No room: the read looks at the stored job again at its deadline.
+                started = trio.current_time()
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(read, second.id, 0, 0.3)
+                    await trio.sleep(0.1)
+                    await store.append_deltas(second.id, deltas(second.id, "x"))
+                assert trio.current_time() - started >= 0.3
+                assert got.pop(second.id) == (deltas(second.id, "x"), False)
+                assert node.statistics() == RedisStoreStatistics(1, 1, 1)
+
+                # The first job's end makes room.
+                nursery.start_soon(read, second.id, 1, 5.0)
+                await trio.sleep(0.1)
+                assert await store.update_job(finished(first))
+                await until(lambda: first.id in got and node.statistics().live_waiters == 1)
+                started = trio.current_time()
+                await store.append_deltas(second.id, deltas(second.id, "y", first=2))
+        assert trio.current_time() - started < 1.0
+        assert got == {first.id: ([], True), second.id: (deltas(second.id, "y", first=2), False)}
+
+
 # -- losing the server ---------------------------------------------------------
 
 
@@ -416,27 +618,29 @@ async def test_a_stopped_server_fails_every_call_and_a_restarted_one_serves_agai
 ) -> None:
     options = {"connect_timeout": 1.0, "command_timeout": 1.0}
     async with open_store(own_server.url, prefix, **options) as store:
-        job = make_job("job-outage")
+        job, other = make_job("job-outage"), make_job("job-outage-2")
         await store.create_job(job)
-        async with trio.open_nursery() as nursery:  # Two lanes, one idle through the outage.
-            nursery.start_soon(store.read_live, job.id, 0, 0.05)
-            nursery.start_soon(store.read_live, job.id, 0, 0.05)
+        await store.create_job(other)
         blocked: list[BaseException] = []
 
-        async def read_blocked() -> None:
+        async def read_blocked(job_id: str) -> None:
             try:
-                await store.read_live(job.id, 0, 10.0)
+                await store.read_live(job_id, 0, 10.0)
             except StoreError as error:
                 blocked.append(error)
 
         with trio.fail_after(5):
             async with store.subscribe("control") as messages, trio.open_nursery() as nursery:
-                nursery.start_soon(read_blocked)
+                for job_id in (job.id, job.id, other.id):
+                    nursery.start_soon(read_blocked, job_id)
                 await trio.sleep(0.1)
+                assert store.statistics().live_waiters == 3
                 await trio.to_thread.run_sync(own_server.stop)
                 with pytest.raises(StoreError, match=f"127.0.0.1:{own_server.port}"):
                     await anext(messages)
-            assert len(blocked) == 1
+            assert [str(error) for error in blocked] == [str(blocked[0])] * 3
+            assert f"127.0.0.1:{own_server.port}" in str(blocked[0])
+            assert store.statistics().live_jobs == 0
             with pytest.raises(StoreError, match=f"127.0.0.1:{own_server.port}"):
                 await store.ping()
             with pytest.raises(StoreError, match=f"127.0.0.1:{own_server.port}"):

@@ -52,17 +52,20 @@ finishes drops up to two of the oldest expired ones, and
 **Connections.** Commands share one connection, multiplexed, and reach the server in
 the order they are made. They run in the store's own task, so a caller's
 cancellation never cuts one in half (the command completes, its result is dropped);
-each has ``command_timeout`` to answer. A blocking read
-(:meth:`RedisStore.read_live`) holds a connection of its own, a *lane*, for its
-block time, and each subscription opens one; neither holds up the other commands.
-A connection that fails is replaced by the next command, so the store works again
-as soon as Redis is back. Every failure of the backend is a
-:class:`~actors.stores.protocol.StoreError` naming the server (never its password).
+each has ``command_timeout`` to answer. The store's *live reader*, a task of its own
+on a connection of its own, follows with one ``XREAD BLOCK`` every job stream that a
+:meth:`RedisStore.read_live` of this process waits on, and keeps the last deltas of
+each in memory for the next reads; each subscription opens a connection too. None
+of them holds up the other commands. A connection that fails is replaced by the next
+command, so the store works again as soon as Redis is back. Every failure of the
+backend is a :class:`~actors.stores.protocol.StoreError` naming the server (never its
+password).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -105,7 +108,7 @@ from actors.stores.protocol import (
 )
 from actors.stores.redis_scripts import JOB_FIELDS, NOTIFICATION_FIELDS, SCRIPTS
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "RedisStoreStatistics"]
 
 T = TypeVar("T")
 
@@ -124,15 +127,42 @@ _BACKEND_ERRORS = (RedisError, OSError, trio.TooSlowError, BaseExceptionGroup)
 """What a command can fail with when the server is unreachable, slow or refuses it
 (OSError covers TimeoutError); each becomes a StoreError."""
 
+# The live reader's XREAD blocks this long (ms), a flush tick: a job that starts to be
+# followed waits at most that long before the reader reads its stream too. The block
+# costs a quiet process 20 empty reads a second, and a busy one nothing (its read
+# returns at the next flush). Waking the reader with CLIENT UNBLOCK would not spare
+# the bound: sent on another connection, the unblock can reach the server before the
+# XREAD it means to cut short, which then blocks its whole time.
+_LIVE_BLOCK_MS = 50
+# The deltas the live reader keeps of each job, newest: a follower no further behind
+# is served from memory. Also the most it reads of one stream per XREAD.
+_LIVE_TAIL = 64
+# A job no read of this process has asked for in this many of the reads' timeouts
+# leaves the live reader.
+_LIVE_IDLE_TIMEOUTS = 3
+
+
+@final
+@attrs.frozen
+class RedisStoreStatistics:
+    """What :meth:`RedisStore.statistics` reports of the store's live reader."""
+
+    live_jobs: int
+    """The jobs it holds: those it reads, and those it read the end of and keeps for
+    their followers' last reads."""
+    live_streams: int
+    """The job streams it reads."""
+    live_waiters: int
+    """The calls of :meth:`RedisStore.read_live` waiting on it."""
+
 
 @final
 class RedisStore:
     """Implements :class:`~actors.stores.protocol.ClusterStore` on a Redis server.
 
     Open one with :meth:`open`; :meth:`aclose` closes it. ``retention`` is how long a
-    finished job is kept after its ``completed_at``. At most ``max_blocking_reads``
-    calls of :meth:`read_live` wait on the server at once; the others wait for a lane
-    to free up, within their own timeout. A subscriber more than
+    finished job is kept after its ``completed_at``. The live reader follows at most
+    ``max_live_jobs`` jobs at once (see :meth:`read_live`). A subscriber more than
     ``subscription_buffer`` messages behind loses its subscription (see
     :meth:`subscribe`).
     """
@@ -145,7 +175,7 @@ class RedisStore:
         retention: float,
         connect_timeout: float,
         command_timeout: float,
-        max_blocking_reads: int,
+        max_live_jobs: int,
         subscription_buffer: int,
     ) -> None:
         self._url = url
@@ -161,8 +191,13 @@ class RedisStore:
         self._scripts = {
             name: self._client.register_script(source) for name, source in SCRIPTS.items()
         }
-        self._lane_permits = trio.Semaphore(max_blocking_reads)
-        self._idle_lanes: list[_Lane] = []
+        self._max_live_jobs = max_live_jobs
+        # The jobs the live reader holds, by id.
+        self._live: dict[str, _LiveJob] = {}
+        # Set when a job joins the live reader: it has a stream to read again.
+        self._live_joined = trio.Event()
+        # Set, and replaced, when a job leaves the live reader or ends: there may be room.
+        self._live_room = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._started = trio.Event()
         self._closing = trio.Event()
@@ -180,7 +215,7 @@ class RedisStore:
         retention: float = 3600.0,
         connect_timeout: float = 5.0,
         command_timeout: float = 5.0,
-        max_blocking_reads: int = 64,
+        max_live_jobs: int = 1024,
         subscription_buffer: int = 1024,
     ) -> RedisStore:
         """Connect to the server at ``url`` (``redis://``, ``rediss://`` or ``unix://``)
@@ -196,7 +231,7 @@ class RedisStore:
             retention=retention,
             connect_timeout=connect_timeout,
             command_timeout=command_timeout,
-            max_blocking_reads=max_blocking_reads,
+            max_live_jobs=max_live_jobs,
             subscription_buffer=subscription_buffer,
         )
         trio.lowlevel.spawn_system_task(store._host, name=f"redis store at {store._where}")
@@ -211,6 +246,15 @@ class RedisStore:
     def __repr__(self) -> str:
         return (
             f"<RedisStore {self._where} prefix={self._prefix!r}{' closed' if self._closed else ''}>"
+        )
+
+    def statistics(self) -> RedisStoreStatistics:
+        """The live reader as it is now (see :meth:`read_live`)."""
+        jobs = self._live.values()
+        return RedisStoreStatistics(
+            live_jobs=len(jobs),
+            live_streams=sum(not job.ended for job in jobs),
+            live_waiters=sum(job.waiters for job in jobs),
         )
 
     # -- plumbing -----------------------------------------------------------
@@ -245,11 +289,12 @@ class RedisStore:
         return StoreError(f"Redis at {self._where}: {_describe(exc)}")
 
     async def _host(self) -> None:
-        """The store's own task: it holds the client's connections open and runs
-        every command (see :meth:`_call`) until :meth:`aclose`."""
+        """The store's own task: it holds the client's connections open, runs every
+        command (see :meth:`_call`) and the live reader until :meth:`aclose`."""
         try:
             async with self._client, trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._read_live_streams)
                 self._started.set()
                 await self._closing.wait()
                 if self._commands_in_flight:
@@ -271,32 +316,20 @@ class RedisStore:
             raise StoreError(f"Redis store at {self._where} has stopped")
         return self._nursery
 
-    async def _call(
-        self, command: Callable[[], Awaitable[T]], *, lane_deadline: float | None = None
-    ) -> T:
+    async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
         """Run ``command`` in the store's task and return its result.
 
         Cancelling the caller does not cancel the command: it completes and its
         result is dropped. (Cancelling a command of the shared connection could
         cost coredis that connection's place in its pool.) A command is bounded by
-        the client's timeouts; a lane command, by ``lane_deadline`` seconds, holds
-        one of the caller's ``_lane_permits`` and gives it back when it ends, and is
-        not waited for by :meth:`aclose`. Raises :class:`StoreError` for a failure
-        of the backend or a closed store.
+        the client's timeouts. Raises :class:`StoreError` for a failure of the
+        backend or a closed store.
         """
-        lane = lane_deadline is not None
-        try:
-            nursery = self._running_nursery()
-        except StoreError:
-            if lane:
-                self._lane_permits.release()
-            raise
+        nursery = self._running_nursery()
         result: list[outcome.Outcome[T]] = []
         done = trio.Event()
-        if not lane:
-            self._commands_in_flight += 1
-        deadline = math.inf if lane_deadline is None else lane_deadline
-        nursery.start_soon(self._run, command, lane, deadline, result, done)
+        self._commands_in_flight += 1
+        nursery.start_soon(self._run, command, result, done)
         await done.wait()
         if not result:
             raise StoreError("store is closed")
@@ -308,23 +341,17 @@ class RedisStore:
     async def _run(
         self,
         command: Callable[[], Awaitable[T]],
-        lane: bool,
-        deadline: float,
         result: list[outcome.Outcome[T]],
         done: trio.Event,
     ) -> None:
         try:
-            with trio.fail_after(deadline):
-                result.append(outcome.Value(await command()))
+            result.append(outcome.Value(await command()))
         except Exception as exc:
             result.append(outcome.Error(exc))
         finally:
-            if lane:
-                self._lane_permits.release()
-            else:
-                self._commands_in_flight -= 1
-                if self._commands_in_flight == 0 and self._commands_done is not None:
-                    self._commands_done.set()
+            self._commands_in_flight -= 1
+            if self._commands_in_flight == 0 and self._commands_done is not None:
+                self._commands_done.set()
             done.set()
 
     async def _script(self, name: str, *args: str | int | bytes) -> Any:
@@ -486,70 +513,166 @@ class RedisStore:
     ) -> tuple[list[Delta], bool]:
         """See :meth:`ClusterStore.read_live`.
 
-        Reads what is stored (``XRANGE``) and, when there is nothing yet, waits on a
-        lane (``XREAD BLOCK``) for at most ``timeout`` seconds, the wait for a free
-        lane included. Raises ValueError for a limit below 1.
+        The first read of a job is one script (``XRANGE`` and the job's status). A
+        read that has to wait hands the job to the store's live reader, which from
+        then on reads the job's stream with those of every other job this process
+        waits on, in one ``XREAD BLOCK``, and keeps its latest deltas: a read no
+        further behind is served from memory, and waits there. A read that waited
+        its whole ``timeout`` in vain looks at the stored job again (a job whose
+        keys are gone has ended). A job leaves the reader once its end is read, or
+        when no read has asked for it in three of their timeouts.
+
+        While the reader follows ``max_live_jobs`` jobs, a read that has to wait for
+        another one waits for room instead, within its timeout. If the reader's
+        connection fails, every read waiting on it raises :class:`StoreError`.
+        Raises ValueError for a limit below 1.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         after = max(after_seq, 0)
+        deadline = trio.current_time() + timeout
+        if job_id in self._live:
+            await self._checkpoint()
+        while True:
+            # Again after each await: the job may have left the reader meanwhile.
+            job = self._live.get(job_id)
+            if job is None or not job.covers(after):
+                found = await self._read_stored(job_id, after, limit)
+                if found is not None:
+                    return found
+                if trio.current_time() >= deadline:
+                    return [], False
+                job = self._join_live(job_id, after)
+                if job is None:
+                    with trio.move_on_at(deadline):
+                        await self._live_room.wait()
+                    continue
+            job.idle_at = max(job.idle_at, trio.current_time() + _LIVE_IDLE_TIMEOUTS * timeout)
+            found = job.read(after, limit)
+            if found is not None:
+                return found
+            if not await job.wait(deadline):
+                # Nothing came: the job may have gone without an end (its keys lost).
+                found = await self._read_stored(job_id, after, limit)
+                return ([], False) if found is None else found
+
+    async def _read_stored(
+        self, job_id: str, after: int, limit: int
+    ) -> tuple[list[Delta], bool] | None:
+        """What :meth:`read_live` returns from the stored job right now, or None if
+        it would have to wait."""
         entries, status = await self._script("live", job_id, after, limit + 1)
         deltas, ended = _deltas(job_id, entries, limit)
         if deltas or ended:
             return deltas, ended
         if status is None or JobStatus(_text(status)).is_terminal:
             return [], True
-        deadline = trio.current_time() + timeout
-        block = 0
-        with trio.move_on_at(deadline):
-            await self._lane_permits.acquire()
-            block = math.floor((deadline - trio.current_time()) * 1000)
-            if block <= 0:
-                self._lane_permits.release()
-        if block <= 0:
-            return [], False
-        # The lane command gives the permit back when it ends.
-        reply = await self._call(
-            lambda: self._read_on_lane(job_id, f"{after}-0", limit + 1, block),
-            lane_deadline=block / 1000 + self._deadline,
-        )
-        return _deltas(job_id, reply, limit)
+        return None
 
-    async def _read_on_lane(self, job_id: str, after: str, count: int, block: int) -> list[_Entry]:
-        """``XREAD BLOCK`` on an idle lane, or a new one; runs in the store's task.
+    def _join_live(self, job_id: str, after: int) -> _LiveJob | None:
+        """The job as the live reader holds it, reading its stream from ``after``
+        if it did not hold it yet; None if it holds ``max_live_jobs`` jobs that
+        cannot leave."""
+        job = self._live.get(job_id)
+        if job is not None:
+            return job
+        if len(self._live) >= self._max_live_jobs:
+            self._leave_live(trio.current_time(), for_room=True)
+            if len(self._live) >= self._max_live_jobs:
+                return None
+        key = self._key("deltas", job_id).encode()
+        job = self._live[job_id] = _LiveJob(job_id, key, b"%d-0" % after, after)
+        self._live_joined.set()
+        return job
 
-        A lane whose read fails in any way is retired, never reused: its connection
-        may still owe the reply.
+    def _leave_live(self, now: float, *, for_room: bool = False) -> None:
+        """Take out of the live reader the jobs nobody waits on that no read asked
+        for lately, and (``for_room``) those that have ended."""
+        gone = [
+            job_id
+            for job_id, job in self._live.items()
+            if not job.waiters and (now >= job.idle_at or (for_room and job.ended))
+        ]
+        for job_id in gone:
+            del self._live[job_id]
+        if gone:
+            self._wake_room()
+
+    def _wake_room(self) -> None:
+        self._live_room.set()
+        self._live_room = trio.Event()
+
+    async def _read_live_streams(self) -> None:
+        """The live reader, a task of the store's for its whole life: read the streams
+        of the jobs it holds in one ``XREAD BLOCK`` after another, each from the last
+        entry it read, and hand what comes to each job's waiting reads.
+
+        Runs on a connection of its own, opened when there is a job to read. If that
+        fails in any way (a read that does not answer within its block and the
+        command deadline included), every job leaves the reader and its waiting
+        reads raise :class:`StoreError`; the connection is replaced when a job joins
+        again. At the end, the waiting reads raise :class:`StoreError` too.
         """
-        lane = self._idle_lanes.pop() if self._idle_lanes else await self._open_lane()
-        key = self._key("deltas", job_id)
         try:
-            reply = await lane.client.xread({key: after}, count=count, block=block)
-        except BaseException:
-            lane.retired.set()
-            raise
-        self._idle_lanes.append(lane)
-        entries = () if reply is None else reply[key.encode()]
-        return [(e.identifier, e.field_values) for e in entries]
+            reading = await self._live_streams()
+            while True:
+                try:
+                    async with self._new_client(command_timeout=None) as client:
+                        while True:
+                            streams = {key: job.position for key, job in reading.items()}
+                            with trio.fail_after(_LIVE_BLOCK_MS / 1000 + self._deadline):
+                                reply = await client.xread(
+                                    streams, count=_LIVE_TAIL, block=_LIVE_BLOCK_MS
+                                )
+                            self._deliver_live(reading, reply)
+                            reading = await self._live_streams()
+                except BaseException as exc:
+                    failed = _without_cancellation(exc)
+                    if failed is None:
+                        raise
+                    # The connection may still owe the reply: it is never reused.
+                    self._fail_live(self._failure(failed))
+                    reading = await self._live_streams()
+        finally:
+            self._fail_live(StoreError("store is closed"))
 
-    async def _open_lane(self) -> _Lane:
-        lane = _Lane(self._new_client(command_timeout=None))
-        await self._running_nursery().start(self._hold_lane, lane)
-        return lane
+    async def _live_streams(self) -> dict[bytes, _LiveJob]:
+        """The jobs the live reader is to read next, by stream key, once there are
+        some; meanwhile, the jobs that go idle leave."""
+        while True:
+            now = trio.current_time()
+            self._leave_live(now)
+            reading = {job.key: job for job in self._live.values() if not job.ended}
+            if reading:
+                return reading
+            self._live_joined = trio.Event()
+            # Ended jobs stay for their followers' last reads, until they go idle; one
+            # still waited on is looked at again a block later.
+            idle_at = min((job.idle_at for job in self._live.values()), default=math.inf)
+            with trio.move_on_at(max(idle_at, now + _LIVE_BLOCK_MS / 1000)):
+                await self._live_joined.wait()
 
-    async def _hold_lane(self, lane: _Lane, *, task_status: trio.TaskStatus[None]) -> None:
-        """Hold ``lane``'s connection open until it is retired; once started, end
-        quietly whatever closing the connection raises."""
-        started = False
-        try:
-            async with lane.client:
-                task_status.started()
-                started = True
-                await lane.retired.wait()
-        except BaseException as exc:
-            if not started:
-                raise
-            _report("a Redis lane failed", self._where, exc)
+    def _deliver_live(
+        self, reading: Mapping[bytes, _LiveJob], reply: Mapping[bytes, Sequence[Any]] | None
+    ) -> None:
+        """Hand the entries of an XREAD's ``reply`` to the jobs they belong to."""
+        if reply is None:
+            return
+        ended = False
+        for key, entries in reply.items():
+            job = reading[key]
+            job.add([(e.identifier, e.field_values) for e in entries])
+            ended |= job.ended
+        if ended:
+            self._wake_room()
+
+    def _fail_live(self, error: StoreError) -> None:
+        """Take every job out of the live reader, failing the reads that wait on it."""
+        failed, self._live = self._live, {}
+        for job in failed.values():
+            job.fail(error)
+        if failed:
+            self._wake_room()
 
     async def publish(self, channel: str, message: bytes) -> None:
         """See :meth:`ClusterStore.publish`. The channel's name on the server is
@@ -797,11 +920,83 @@ def _close_buffers(connection: coredis.BaseConnection) -> None:
 
 
 @attrs.define(eq=False)
-class _Lane:
-    """A connection for blocking reads, held open by a task of the store until retired."""
+class _LiveJob:
+    """One job as the store's live reader holds it: where it has read the job's
+    stream up to, the last deltas it read, and the reads waiting for more."""
 
-    client: _Client
-    retired: trio.Event = attrs.Factory(trio.Event)
+    job_id: str
+    key: bytes
+    position: bytes
+    """The id of the last entry read, where the next read starts."""
+    base: int
+    """The tail holds every delta with a seq above this, up to the last one read."""
+    idle_at: float = -math.inf
+    """When it leaves the reader, unless a read waits on it or asks for it again."""
+    tail: deque[Delta] = attrs.Factory(lambda: deque(maxlen=_LIVE_TAIL))
+    ended: bool = False
+    failure: StoreError | None = None
+    waiters: int = 0
+    changed: trio.Event = attrs.Factory(trio.Event)
+
+    def covers(self, after: int) -> bool:
+        """Whether the tail holds every delta after seq ``after`` that was read."""
+        return after >= self.base and self.failure is None
+
+    def read(self, after: int, limit: int) -> tuple[list[Delta], bool] | None:
+        """What :meth:`RedisStore.read_live` returns from the tail, or None if it
+        would have to wait (the tail does not cover ``after``, or holds nothing
+        after it and the end was not read)."""
+        if not self.covers(after):
+            return None
+        found: list[Delta] = []
+        for delta in reversed(self.tail):
+            if delta.seq <= after:
+                break
+            found.append(delta)
+        found.reverse()
+        if len(found) > limit:
+            return found[:limit], False
+        if found or self.ended:
+            return found, self.ended
+        return None
+
+    def add(self, entries: Sequence[_Entry]) -> None:
+        """Take the stream entries read after :attr:`position` and wake the reads
+        waiting on the job."""
+        deltas, ended = _deltas(self.job_id, entries, None)
+        self.ended = self.ended or ended
+        for delta in deltas:
+            if len(self.tail) == self.tail.maxlen:
+                self.base = self.tail[0].seq
+            self.tail.append(delta)
+        if entries:
+            self.position = entries[-1][0]
+        self._wake()
+
+    def fail(self, error: StoreError) -> None:
+        """Make the reads waiting on the job, and any that would wait on it, raise
+        ``error``."""
+        self.failure = error
+        self._wake()
+
+    async def wait(self, deadline: float) -> bool:
+        """Wait until the reader changes the job; False if ``deadline`` came first.
+        Raises the :class:`StoreError` the reader failed with."""
+        changed = self.changed
+        self.waiters += 1
+        try:
+            with trio.move_on_at(deadline):
+                await changed.wait()
+        finally:
+            self.waiters -= 1
+        if self.failure is not None:
+            # One exception per waiting task: they would share its traceback.
+            raise StoreError(*self.failure.args)
+        return changed.is_set()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
 
 @final

@@ -117,6 +117,14 @@ def _above(bound: float) -> _Validator:
     return check
 
 
+def _zero_or_at_least(bound: int) -> _Validator:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not (value == 0 or value >= bound):
+            raise _InvalidValue(attribute.name, f"must be 0 or >= {bound} (got {value!r})")
+
+    return check
+
+
 def _between(low: int, high: int) -> _Validator:
     def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not low <= value <= high:
@@ -252,6 +260,11 @@ class ServiceConfig:
     data_dir: Path = Path("data")
     """Where persistent state lives (the SQLite database, a generated JWT secret).
     A relative path is relative to the working directory of the process."""
+    sqlite_max_bytes: int = attrs.field(default=0, validator=_zero_or_at_least(1_048_576))
+    """Largest size of the SQLite database file, at least 1 MiB; 0: no cap. At the cap
+    the store is full, as on a full disk: ``/readyz`` answers 503, new jobs get 503,
+    running ones keep streaming into memory for ``store_outage_grace``, until deleted
+    jobs (``retention``) make room."""
     upstream: UpstreamName = attrs.field(default="simulated", validator=_one_of(UpstreamName))
     """``"openai"`` streams from an OpenAI-compatible API; ``"simulated"`` from a local model."""
     upstream_base_url: str = attrs.field(
@@ -272,6 +285,16 @@ class ServiceConfig:
     """Pace of the simulated model."""
     upstream_idle_timeout: float = attrs.field(default=60.0, validator=_above(0))
     """Longest silence tolerated from the upstream before the job fails."""
+    upstream_connect_timeout: float = attrs.field(default=10.0, validator=_above(0))
+    """How long connecting to the upstream and sending the request may take. The
+    answer's status line and headers must then come within ``upstream_idle_timeout``:
+    a head that never finishes fails the job ``idle_timeout`` at this plus that."""
+    max_answer_chars: int = attrs.field(default=10_000_000, validator=_at_least(1))
+    """Most characters one job's answer may hold: content and reasoning together, tool
+    calls and images counted at their JSON size. An answer that runs past it ends
+    ``error`` ("answer_too_large") with its text kept up to the limit, and its upstream
+    request is closed. One upstream event longer than this fails ("event_too_large")
+    without being kept."""
     max_concurrent_jobs: int = attrs.field(default=20, validator=_at_least(1))
     """Cap on background jobs streaming across all users; beyond it new ones are refused."""
     max_jobs_per_user: int = attrs.field(default=5, validator=_at_least(1))
@@ -279,6 +302,13 @@ class ServiceConfig:
     max_foreground_streams: int = attrs.field(default=50, validator=_at_least(1))
     """Cap on foreground (pass-through) streams across all users; they do not count
     against the background caps, nor those against this one."""
+    rate_limit_per_user: float = attrs.field(default=10.0, validator=_at_least(0))
+    """Requests a second one user may make, sustained, to the routes that start jobs
+    (``POST /v1/jobs``, ``POST /api/openrouter/stream``); past it they get 429 with
+    ``Retry-After``. A token bucket per user, per process. 0 disables the limit."""
+    rate_limit_burst: int = attrs.field(default=100, validator=_at_least(1))
+    """Requests one user may make at once to those routes before ``rate_limit_per_user``
+    paces them: the size of the user's bucket."""
     watch_window: float = attrs.field(default=3.0, validator=_at_least(0))
     """A status poll of a job counts as watching it for this long: a job that ends
     while its owner polls it (or follows it live) notifies nobody. 0: polls never count."""
@@ -307,6 +337,28 @@ class ServiceConfig:
     """Address the HTTP server binds."""
     port: int = attrs.field(default=8000, validator=_between(0, 65535))
     """Port the HTTP server binds; 0 lets the OS choose."""
+    http_keep_alive_timeout: float = attrs.field(default=5.0, validator=_above(0))
+    """How long a connection may go without a whole request: idle between two requests,
+    or still sending its request line and headers. A client that sends its headers
+    slowly is cut off after it."""
+    http_max_header_bytes: int = attrs.field(default=16_384, validator=_at_least(1024))
+    """Largest request line and header block; a larger one is answered 431 and the
+    connection closed."""
+    http_max_headers: int = attrs.field(default=100, validator=_at_least(1))
+    """Most header fields in one request; a request with more is answered 431."""
+    http_body_timeout: float = attrs.field(default=20.0, validator=_above(0))
+    """A request body must arrive within this long after its headers, plus one second
+    for every ``http_body_min_rate`` bytes received; one trickled in slower is answered
+    408 and its connection closed."""
+    http_body_min_rate: int = attrs.field(default=500, validator=_at_least(1))
+    """Bytes a second that earn a request body one more second (``http_body_timeout``)."""
+    http_send_timeout: float = attrs.field(default=30.0, validator=_above(0))
+    """A connection whose client takes none of what is sent to it for this long (its
+    receive window stays shut, or nothing is acknowledged) is closed by the kernel: a
+    follower that stopped reading is dropped. Linux only (``TCP_USER_TIMEOUT``)."""
+    http_send_buffer: int = attrs.field(default=262_144, validator=_at_least(4096))
+    """The kernel's send buffer of one connection, in bytes (``SO_SNDBUF``, which Linux
+    doubles for its bookkeeping): what may wait for a client that does not read."""
     auth_mode: AuthMode = attrs.field(default="jwt", validator=_one_of(AuthMode))
     """``"jwt"``: the caller is the subject of a verified JWT (``Authorization: Bearer``
     or the ``jwt_cookie``). ``"trusted_headers"``: the caller is named by headers that

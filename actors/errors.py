@@ -8,6 +8,7 @@ __all__ = [
     "MissingApiKey",
     "ServerBusy",
     "ServiceError",
+    "ServiceRestarting",
     "StoreUnavailable",
     "TooManyJobs",
     "UserKeyNotAllowed",
@@ -25,6 +26,12 @@ class ServerBusy(ServiceError):
 class StoreUnavailable(ServerBusy):
     """The store does not answer (a shared store's server is down or out of reach): try
     again later. Nothing already stored is lost."""
+
+
+class ServiceRestarting(ServerBusy):
+    """An actor the call needed crashed or stopped under it, and its supervisor is
+    restarting it: try again. Whatever the call did before is kept or undone as the
+    crash left it, as after a dropped connection."""
 
 
 class ForegroundBusy(ServerBusy):

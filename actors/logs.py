@@ -7,20 +7,35 @@ or token passed to a logger by mistake never reaches the output.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "is_secret_name"]
 
-_SECRET_WORDS = ("api_key", "apikey", "authorization", "token", "secret", "password")
+# A field is secret when its name holds one of these, in any case. "token" is not
+# followed by "s": counts of tokens (``prompt_tokens``, ``completion_tokens``) are what
+# an operator reads the logs for.
+_SECRET_NAME: Final = re.compile(
+    r"api[-_]?key|authorization|cookie|credential|password|secret|token(?!s)", re.IGNORECASE
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a log field called ``name`` holds a secret, and is replaced by the logs.
+
+    ``api_key``, ``jwt_secret``, ``accessToken``, ``Authorization`` and
+    ``session_cookie`` do; ``prompt_tokens`` and ``completion_tokens`` do not.
+    """
+    return _SECRET_NAME.search(name) is not None
 
 
 def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
-        if any(word in key.lower() for word in _SECRET_WORDS):
+        if is_secret_name(key):
             event[key] = "[redacted]"
     return event
 

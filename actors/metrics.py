@@ -46,6 +46,12 @@ class ServiceMetrics:
             ["code"],
             registry=self.registry,
         )
+        self.followers_dropped = Counter(
+            "troupe_followers_dropped",
+            "Event streams whose connection ended while a write to the client waited for it "
+            "to read: clients that stopped reading, cut off after http_send_timeout.",
+            registry=self.registry,
+        )
         self.webhook_outbox_depth = Gauge(
             "troupe_webhook_outbox_depth",
             "Webhook events waiting for delivery, as of the sender's last round.",
@@ -61,6 +67,11 @@ class ServiceMetrics:
         self.webhook_endpoint_disabled = Gauge(
             "troupe_webhook_endpoint_disabled",
             "1 while the webhook endpoint is disabled (it answered 410 Gone), else 0.",
+            registry=self.registry,
+        )
+        self.requests_rate_limited = Counter(
+            "troupe_requests_rate_limited",
+            "Requests to start a job refused with 429 by the per-user rate limit.",
             registry=self.registry,
         )
 

@@ -45,7 +45,13 @@ from actors.dependencies import (
     ServiceDependencies,
     new_node_id,
 )
-from actors.errors import MissingApiKey, ServiceError, StoreUnavailable, UserKeyNotAllowed
+from actors.errors import (
+    MissingApiKey,
+    ServiceError,
+    ServiceRestarting,
+    StoreUnavailable,
+    UserKeyNotAllowed,
+)
 from actors.jobs.cluster import LeaseKeeper
 from actors.jobs.following import JobFollower, NotificationFollower
 from actors.jobs.passthrough import Passthrough
@@ -115,6 +121,9 @@ def build_upstream(config: ServiceConfig) -> Upstream:
             config.upstream_base_url,
             config.upstream_api_key,
             idle_timeout=config.upstream_idle_timeout,
+            connect_timeout=config.upstream_connect_timeout,
+            # An event longer than a whole answer may be could never be kept.
+            max_event_chars=config.max_answer_chars,
             read_interval=config.upstream_read_interval,
             extra_headers={name: value for name, value in attribution.items() if value},
         )
@@ -189,8 +198,12 @@ class Service:
         self._notifier = notifier
 
     async def _ask(self, actor: ActorRef, message: object) -> Any:
-        """``actor``'s reply to ``message``; raises the reply if it is a ServiceError."""
-        reply = await actor.ask(message, timeout=_ASK_TIMEOUT)
+        """``actor``'s reply to ``message``; raises the reply if it is a ServiceError, and
+        :class:`ServiceRestarting` if the actor crashed or stopped before it answered."""
+        try:
+            reply = await actor.ask(message, timeout=_ASK_TIMEOUT)
+        except (ActorCrashed, ActorStopped) as error:
+            raise ServiceRestarting(f"{actor.path} is restarting; try again") from error
         if isinstance(reply, ServiceError):
             raise reply
         return reply

@@ -389,6 +389,8 @@ def _service_config(data_dir: Path, store: StoreName) -> ServiceConfig:
         simulated_tokens_per_second=math.inf,
         max_concurrent_jobs=JOB_CAP,
         max_jobs_per_user=JOB_CAP,
+        # One user starts every job of the end-to-end runs, as fast as they go.
+        rate_limit_per_user=0.0,
         drain_timeout=0.0,
         host="127.0.0.1",
         port=0,

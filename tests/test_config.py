@@ -34,6 +34,8 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.allow_user_api_keys is True
     assert config.simulated_tokens_per_second == 20.0
     assert config.upstream_idle_timeout == 60.0
+    assert config.upstream_connect_timeout == 10.0
+    assert config.max_answer_chars == 10_000_000
     assert config.max_concurrent_jobs == 20
     assert config.max_jobs_per_user == 5
     assert config.job_timeout == 300.0
@@ -46,6 +48,10 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.upstream_read_interval == 0.1
     assert config.host == "127.0.0.1"
     assert config.port == 8000
+    assert config.http_keep_alive_timeout == 5.0
+    assert (config.http_max_header_bytes, config.http_max_headers) == (16_384, 100)
+    assert (config.http_body_timeout, config.http_body_min_rate) == (20.0, 500)
+    assert (config.http_send_timeout, config.http_send_buffer) == (30.0, 262_144)
     assert config.jwt_secret is None
     assert config.auth_mode == "jwt"
     assert config.token_algorithms == ("HS256",)
@@ -114,6 +120,44 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
     assert config.allow_user_api_keys is True
     assert config.log_level == "warning"
     assert config.host == "0.0.0.0"  # set only in the file
+
+
+def test_upstream_limits_come_from_the_environment() -> None:
+    env = {"TROUPE_UPSTREAM_CONNECT_TIMEOUT": "2.5", "TROUPE_MAX_ANSWER_CHARS": "50000"}
+
+    config = load_config(env=env)
+
+    assert config.upstream_connect_timeout == 2.5
+    assert config.max_answer_chars == 50_000
+
+
+def test_the_sqlite_size_cap_is_off_by_default_and_at_least_a_mebibyte() -> None:
+    assert ServiceConfig().sqlite_max_bytes == 0
+    assert load_config(env={"TROUPE_SQLITE_MAX_BYTES": "2097152"}).sqlite_max_bytes == 2_097_152
+    assert ServiceConfig(sqlite_max_bytes=1_048_576).sqlite_max_bytes == 1_048_576
+    with pytest.raises(ConfigError, match=r"TROUPE_SQLITE_MAX_BYTES: must be 0 or >= 1048576"):
+        load_config(env={"TROUPE_SQLITE_MAX_BYTES": "4096"})
+    with pytest.raises(ConfigError, match=r"sqlite_max_bytes: must be 0 or >= 1048576 \(got -1\)"):
+        ServiceConfig(sqlite_max_bytes=-1)
+
+
+def test_http_limits_come_from_the_environment() -> None:
+    env = {
+        "TROUPE_HTTP_KEEP_ALIVE_TIMEOUT": "2.5",
+        "TROUPE_HTTP_MAX_HEADER_BYTES": "8192",
+        "TROUPE_HTTP_MAX_HEADERS": "50",
+        "TROUPE_HTTP_BODY_TIMEOUT": "10",
+        "TROUPE_HTTP_BODY_MIN_RATE": "1000",
+        "TROUPE_HTTP_SEND_TIMEOUT": "12.5",
+        "TROUPE_HTTP_SEND_BUFFER": "65536",
+    }
+
+    config = load_config(env=env)
+
+    assert config.http_keep_alive_timeout == 2.5
+    assert (config.http_max_header_bytes, config.http_max_headers) == (8192, 50)
+    assert (config.http_body_timeout, config.http_body_min_rate) == (10.0, 1000)
+    assert (config.http_send_timeout, config.http_send_buffer) == (12.5, 65_536)
 
 
 def test_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
@@ -268,6 +312,15 @@ def test_openrouter_api_key_beats_file_key(tmp_path: Path) -> None:
         ("sweep_interval = 0.0", "sweep_interval", "must be > 0 (got 0.0)"),
         ("flush_interval = nan", "flush_interval", "must be > 0 (got nan)"),
         ("upstream_idle_timeout = 0", "upstream_idle_timeout", "must be > 0"),
+        ("http_keep_alive_timeout = 0", "http_keep_alive_timeout", "must be > 0 (got 0.0)"),
+        ("http_max_header_bytes = 100", "http_max_header_bytes", "must be >= 1024 (got 100)"),
+        ("http_max_headers = 0", "http_max_headers", "must be >= 1 (got 0)"),
+        ("http_body_timeout = -1", "http_body_timeout", "must be > 0 (got -1.0)"),
+        ("http_body_min_rate = 0", "http_body_min_rate", "must be >= 1 (got 0)"),
+        ("http_send_timeout = 0", "http_send_timeout", "must be > 0 (got 0.0)"),
+        ("http_send_buffer = 1024", "http_send_buffer", "must be >= 4096 (got 1024)"),
+        ("upstream_connect_timeout = 0", "upstream_connect_timeout", "must be > 0 (got 0.0)"),
+        ("max_answer_chars = 0", "max_answer_chars", "must be >= 1 (got 0)"),
         ("simulated_tokens_per_second = 0", "simulated_tokens_per_second", "must be > 0"),
         ("drain_timeout = -1", "drain_timeout", "must be >= 0 (got -1.0)"),
         ("port = 70000", "port", "must be between 0 and 65535 (got 70000)"),
@@ -311,6 +364,7 @@ def test_invalid_file_value_names_its_field_and_value(
         ("TROUPE_PORT", "1.5", "TROUPE_PORT: not an integer: '1.5'"),
         ("TROUPE_MAX_CONCURRENT_JOBS", "0", "TROUPE_MAX_CONCURRENT_JOBS: must be >= 1 (got 0)"),
         ("TROUPE_RETENTION", "-5", "TROUPE_RETENTION: must be > 0 (got -5.0)"),
+        ("TROUPE_MAX_ANSWER_CHARS", "1e6", "TROUPE_MAX_ANSWER_CHARS: not an integer: '1e6'"),
         (
             "TROUPE_STORE",
             "postgres",

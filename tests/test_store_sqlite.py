@@ -77,6 +77,7 @@ async def test_schema_version_is_recorded(store: SqliteStore, db_path: Path) -> 
         "muted_threads",
         "webhook_outbox",
         "webhook_endpoints",
+        "write_probe",
     } <= tables
     assert len(MIGRATIONS) == CURRENT_VERSION
 
@@ -398,7 +399,7 @@ async def test_a_version_2_database_migrates_its_jobs_and_gains_the_outbox(db_pa
     finally:
         await store.aclose()
     with raw(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION
         added = conn.execute("SELECT tool_calls, images, foreground FROM jobs WHERE id = 'done'")
         assert added.fetchall() == [("[]", "[]", 0)]
 
@@ -539,3 +540,91 @@ async def test_ping_and_counters(store: SqliteStore) -> None:
     await store.create_job(make_job("one"))
     assert store.commit_count == before + 1
     assert "troupe.db" in repr(store)
+
+
+def _fill_past(path: Path, size: int) -> None:
+    """Grow the file past ``size`` bytes from another connection, until no page is free."""
+    with raw(path) as conn:
+        conn.execute("CREATE TABLE filler (stuff BLOB NOT NULL)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        while (
+            conn.execute("PRAGMA page_count").fetchone()[0] * page_size < size
+            or conn.execute("PRAGMA freelist_count").fetchone()[0] > 0
+        ):
+            conn.execute("INSERT INTO filler VALUES (zeroblob(65536))")
+
+
+async def test_at_its_size_cap_the_store_refuses_writes_and_pings_until_room_is_made(
+    db_path: Path,
+) -> None:
+    store = SqliteStore(db_path, max_bytes=1_048_576)
+    try:
+        await store.create_job(make_job("before"))
+        await store.ping()
+        _fill_past(db_path, 1_048_576)
+
+        with pytest.raises(StoreError, match=r"takes no writes: .*database or disk is full"):
+            await store.ping()
+        # A row that would still fit in a page is refused too, while the store is full.
+        with pytest.raises(StoreError, match="database or disk is full"):
+            await store.create_job(make_job("refused"))
+        assert await store.get_job("refused") is None
+        assert await store.get_job("before") is not None
+
+        with raw(db_path) as conn:
+            conn.execute("DROP TABLE filler")
+        await store.ping()
+        await store.create_job(make_job("after"))
+        assert await store.get_job("after") is not None
+    finally:
+        await store.aclose()
+    with raw(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM write_probe").fetchone() == (0,)
+
+
+async def test_a_store_told_its_file_is_read_only_opens_it_again_for_the_next_write(
+    store: SqliteStore,
+) -> None:
+    # A write connection that refuses writes, as one that opened a read-only file does.
+    await store._writer.submit(lambda conn: conn.execute("PRAGMA query_only = ON"))
+    with pytest.raises(StoreError, match="attempt to write a readonly database"):
+        await store.create_job(make_job("refused"))
+    # The file takes writes (it always did): the next write is on a new connection.
+    await store.create_job(make_job("after"))
+    assert await store.get_job("after") is not None
+    assert await store.get_job("refused") is None
+    await store.ping()
+
+
+async def test_a_reconnect_swaps_the_writers_connection_between_groups(db_path: Path) -> None:
+    writer = SqliteWriter(sqlite3.connect(db_path, isolation_level=None, check_same_thread=False))
+    opened: list[sqlite3.Connection] = []
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        opened.append(conn)
+        return conn
+
+    def which(conn: sqlite3.Connection) -> sqlite3.Connection:
+        return conn
+
+    try:
+        old = await writer.submit(which)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.reconnect, connect)
+            await trio.testing.wait_all_tasks_blocked()
+            new = await writer.submit(which)
+        assert old is not new and opened == [new]
+
+        def broken() -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        with pytest.raises(StoreError, match="cannot open the database again"):
+            await writer.reconnect(broken)
+        # The old connection is closed all the same: writes fail until a reconnect works.
+        with pytest.raises(StoreError):
+            await writer.submit(which)
+        await writer.reconnect(connect)
+        assert await writer.submit(which) is opened[-1]
+    finally:
+        await writer.aclose()

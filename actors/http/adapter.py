@@ -6,6 +6,7 @@ service only through the :class:`~actors.service.Service` facade.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import attrs
@@ -13,7 +14,9 @@ import hypercorn.trio
 import structlog
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 
+from actors.config import ServiceConfig
 from actors.http.app import build_app
 from actors.http.auth import Authenticator
 from actors.http.events import ShutdownSignal
@@ -50,6 +53,54 @@ class _Started:
         self.event.set()
 
 
+# The longest TCP_USER_TIMEOUT the kernel takes, in milliseconds (an unsigned int).
+_MAX_USER_TIMEOUT_MS = 2**31 - 1
+
+
+class _ServerConfig(HypercornConfig):
+    """hypercorn's settings, from the service's ``http_*`` settings, with the
+    per-connection send limits on the listening sockets.
+
+    Linux copies a listening socket's ``SO_SNDBUF`` and ``TCP_USER_TIMEOUT`` to every
+    connection it accepts (as it does the ``TCP_NODELAY`` hypercorn sets there), so
+    each connection gets them without hypercorn's help. hypercorn's own sends are
+    shielded from cancellation: a client that stops reading would hold its request's
+    task (and the server's shutdown) for as long as the connection lives, and only
+    the kernel can end that connection.
+    """
+
+    def __init__(self, settings: ServiceConfig, host: str, port: int) -> None:
+        super().__init__()
+        self.bind = [f"{host}:{port}"]
+        self.accesslog = None  # the app logs each request with its request id
+        self.errorlog = None
+        self.graceful_timeout = 1.0
+        # Runs from a connection's start until its first request is whole, and between
+        # requests: so it is also the deadline of a slowly sent header block.
+        self.keep_alive_timeout = settings.http_keep_alive_timeout
+        # h11 answers 431 and closes once the request line and headers pass it.
+        self.h11_max_incomplete_size = settings.http_max_header_bytes
+        # hypercorn's read_timeout stays off: it bounds every single read of a
+        # connection, and an event stream's client sends nothing while it reads, so it
+        # would cut every follower. A body's deadline is the app's (RequestLimits).
+        self._send_buffer = settings.http_send_buffer
+        self._send_timeout_ms = min(
+            _MAX_USER_TIMEOUT_MS, max(1, round(settings.http_send_timeout * 1000))
+        )
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for sock in sockets.insecure_sockets + sockets.secure_sockets:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, self._send_timeout_ms)
+            else:
+                log.warning("http_send_timeout needs Linux: clients that stop reading stay")
+        return sockets
+
+
 class HttpAdapter(Actor):
     def __init__(
         self,
@@ -71,11 +122,7 @@ class HttpAdapter(Actor):
         self._started = _Started()
 
     async def on_start(self) -> None:
-        config = HypercornConfig()
-        config.bind = [f"{self._host}:{self._port}"]
-        config.accesslog = None  # the app logs each request with its request id
-        config.errorlog = None
-        config.graceful_timeout = 1.0
+        config = _ServerConfig(self._service.config, self._host, self._port)
         app = build_app(self._service, self._auth, self._shutdown, keepalive=self._keepalive)
         self.context.start_task(self._serve, app, config)
         await self._started.event.wait()

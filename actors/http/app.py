@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -31,6 +32,8 @@ from actors.http.errors import (
     service_error_handler,
 )
 from actors.http.events import ShutdownSignal
+from actors.http.limits import RequestLimits
+from actors.http.ratelimit import RateLimiter
 from actors.http.request_context import RequestContext
 from actors.http.routes import RouteDependencies, ops, seed, v1
 from actors.service import Service
@@ -70,6 +73,8 @@ def build_app(
     ]
     app = _App(
         routes=routes,
+        # Inside the request id and the access line, so its 408 and 431 carry them.
+        middleware=[Middleware(RequestLimits, config=service.config)],
         exception_handlers={
             ApiError: api_error_handler,
             SeedError: seed_error_handler,
@@ -78,11 +83,15 @@ def build_app(
             Exception: internal_error_handler,
         },
     )
+    # No 307 from "/v1/jobs/" to "/v1/jobs": the API's paths are exact, and Starlette
+    # builds that redirect's Location from the request's own Host header.
+    app.router.redirect_slashes = False
     app.state.dependencies = RouteDependencies(
         service=service,
         auth=auth,
         shutdown=shutdown,
         keepalive=keepalive,
+        limiter=RateLimiter.for_config(service.config),
     )
     return app
 

@@ -114,12 +114,14 @@ class ApiError(Exception):
 
 
 class SeedError(Exception):
-    """Raised by a seed route; rendered as ``{"error": "<message>"}`` with ``status``."""
+    """Raised by a seed route; rendered as ``{"error": "<message>"}`` with ``status``
+    and ``headers``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
 def error_response(
@@ -141,7 +143,7 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
 
 async def seed_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SeedError)
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 async def service_error_handler(request: Request, exc: Exception) -> Response:

@@ -31,6 +31,14 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_RATE_LIMIT_RETRY_AFTER: dict[str, Any] = {
+    "description": "Past the per-user rate limit: whole seconds after which a request "
+    "will be let through.",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+}
+
+
 def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
@@ -408,7 +416,14 @@ _PATHS: dict[str, Any] = {
                 "403": _error("Per-request API keys are not allowed."),
                 "413": _error(_CHAT_BODY_LIMIT),
                 "422": _error("The body is JSON but not a valid request."),
-                "429": _error("You run as many jobs as allowed per user."),
+                "429": {
+                    **_error(
+                        "You run as many jobs as allowed per user (`too_many_jobs`), or you "
+                        "sent more requests to start jobs than your rate limit allows "
+                        "(`rate_limited`, with `Retry-After`)."
+                    ),
+                    "headers": {"Retry-After": _RATE_LIMIT_RETRY_AFTER},
+                },
                 "503": {
                     **_error("The server runs as many jobs as it can; retry after `Retry-After`."),
                     "headers": {
@@ -654,7 +669,13 @@ _PATHS: dict[str, Any] = {
                     "A user's key the server does not allow is ignored for the server's own."
                 ),
                 "413": _seed_error(_CHAT_BODY_LIMIT),
-                "429": _seed_error("Too many background jobs of yours."),
+                "429": {
+                    **_seed_error(
+                        "Too many background jobs of yours, or `Too many requests, try again "
+                        "later` past your rate limit (with `Retry-After`)."
+                    ),
+                    "headers": {"Retry-After": _RATE_LIMIT_RETRY_AFTER},
+                },
                 "502": _seed_error("Failed to reach OpenRouter (the upstream did not answer)."),
                 "503": _seed_error("Server busy, try again later."),
             },

@@ -14,12 +14,22 @@ start, so a job that has not produced its first token yet is kept open too),
 and one watches ``receive()`` for the client's disconnect, which ends the
 stream at once. The :class:`~actors.http.events.ShutdownSignal` ends it with
 a ``shutdown`` event.
+
+A follower's writes are bounded: at most ``MAX_WRITE`` bytes (or one event) a
+message, and one message at a time, so a client that stops reading holds that
+much here, plus the kernel's send buffer (``http_send_buffer``). Past it the write
+waits; the kernel closes a connection whose client has taken nothing for
+``http_send_timeout``, and a stream whose connection ended while a write to it
+waited counts as a dropped follower (``troupe_followers_dropped``, and a warning
+in the log).
 """
 
 from __future__ import annotations
 
 import orjson
+import structlog
 import trio
+from prometheus_client import Counter
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -30,13 +40,28 @@ from actors.http.request_context import DIRECT_SEND
 from actors.http.schemas import delta_json, job_json, status_json
 from actors.jobs.following import JobFollower
 
-__all__ = ["KEEPALIVE", "JobEventStream", "client_gone", "encode_event", "raise_single"]
+__all__ = [
+    "KEEPALIVE",
+    "MAX_WRITE",
+    "JobEventStream",
+    "client_gone",
+    "encode_event",
+    "raise_single",
+]
+
+log = structlog.get_logger("troupe.http")
 
 KEEPALIVE = b": keep-alive\n\n"
 """The comment sent on an idle stream, so that proxies do not drop it."""
 
 _DELTA = b"id: %d\nevent: delta\ndata: %b\n\n"
 _NAMED = b"event: %b\ndata: %b\n\n"
+
+MAX_WRITE = 16 * 1024
+"""Most bytes of events one write carries (a single larger event goes alone)."""
+
+# A write that took this long waited for the client to read (or for a busy server).
+_STALL = 0.1
 
 
 def encode_event(event: JobEvent) -> bytes:
@@ -56,12 +81,20 @@ class JobEventStream(Response):
     disconnect, or the server's shutdown.
 
     A disconnect only closes the follower: the job goes on. The follower is
-    closed however the stream ends.
+    closed however the stream ends. ``dropped`` counts the streams whose
+    connection ended while a write to the client waited.
     """
 
     media_type = "text/event-stream"
 
-    def __init__(self, follower: JobFollower, shutdown: ShutdownSignal, keepalive: float) -> None:
+    def __init__(
+        self,
+        follower: JobFollower,
+        shutdown: ShutdownSignal,
+        keepalive: float,
+        *,
+        dropped: Counter | None = None,
+    ) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers(
@@ -76,6 +109,9 @@ class JobEventStream(Response):
         self._writing = False
         self._write_done = trio.lowlevel.ParkingLot()
         self._disconnected = False
+        self._dropped = dropped
+        # How long the write that the connection ended in had waited, if it had.
+        self._dropped_after: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         direct: Send = scope.get(DIRECT_SEND, send)
@@ -98,6 +134,8 @@ class JobEventStream(Response):
                 raise_single(group)
         finally:
             self._follower.close()
+            if self._dropped_after is not None:
+                self._report_drop(self._dropped_after)
         if not self._disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -117,15 +155,22 @@ class JobEventStream(Response):
             if not batch:
                 return
             frames = []
+            size = 0
             finished = False
             for event in batch:
-                frames.append(encode_event(event))
+                frame = encode_event(event)
+                frames.append(frame)
+                size += len(frame)
                 if isinstance(event, DeltaEvent):
                     self._last_seq = event.seq
                 elif isinstance(event, StatusEvent):
                     finished = True
                     break
-            await self._write(send, b"".join(frames))
+                if size >= MAX_WRITE:
+                    await self._write(send, _take(frames))
+                    size = 0
+            if frames:
+                await self._write(send, _take(frames))
             if finished:
                 return
 
@@ -144,13 +189,31 @@ class JobEventStream(Response):
             await self._write_done.park()
         self._writing = True
         # Stamped as it starts: a write that waits for a slow client is not idleness.
-        self._last_write = trio.current_time()
+        started = self._last_write = trio.current_time()
         try:
             await send({"type": "http.response.body", "body": body, "more_body": True})
         finally:
             self._writing = False
             if self._write_done:
                 self._write_done.unpark_all()
+        waited = trio.current_time() - started
+        if waited >= _STALL:
+            # hypercorn swallows a send's error and queues the disconnect for our
+            # watcher, which has been woken by then: let it run before looking.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._disconnected:
+                self._dropped_after = waited
+
+    def _report_drop(self, waited: float) -> None:
+        """Say that the client stopped reading and its connection was lost for it."""
+        if self._dropped is not None:
+            self._dropped.inc()
+        log.warning(
+            "follower dropped: it stopped reading",
+            job_id=self._follower.job_id,
+            waited_s=round(waited, 3),
+        )
 
     async def _keep_alive(self, send: Send) -> None:
         interval = self._keepalive
@@ -168,6 +231,14 @@ class JobEventStream(Response):
         await client_gone(receive)
         self._disconnected = True
         scope.cancel()
+
+
+def _take(frames: list[bytes]) -> bytes:
+    """The frames joined, the list emptied: while a write waits for a slow client,
+    its bytes are held once, by the write."""
+    body = b"".join(frames)
+    frames.clear()
+    return body
 
 
 async def client_gone(receive: Receive) -> None:

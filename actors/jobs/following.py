@@ -6,7 +6,9 @@ the stored deltas after ``after_seq`` up to what the store held when it
 subscribed, then the log's, up to the log's persisted watermark, then the
 terminal status. A follower further behind than the log's in-memory tail reads
 from the store until it catches up, so the caller sees every delta once, and
-a slow follower never holds the job back.
+a slow follower never holds the job back. If the job's stream stops and nobody
+closes the log (the registry restarted meanwhile, and ends the job on a log of
+its own), the follower reads the job's end from the store.
 
 On a store several nodes share, a job running on another node has no log here:
 its follower reads the store live (:meth:`~actors.stores.protocol.ClusterStore.read_live`),
@@ -41,6 +43,9 @@ _BATCH = 256
 # How long one live read of a job on another node waits for a delta; its mark of
 # the job as watched lasts twice that, so it holds while the follower reads.
 _LIVE_WAIT = 1.0
+# How often a follower on an abandoned log looks for the job's end in the store. The
+# registry ends such a job at once (or as it restarts), so this is rarely waited.
+_ABANDONED_POLL = 0.1
 
 
 class Follower(abc.ABC, Generic[T]):
@@ -122,6 +127,11 @@ class JobFollower(Follower[JobEvent]):
             raise StopAsyncIteration
         return self._ready.popleft()
 
+    @property
+    def job_id(self) -> str:
+        """The id of the job it follows."""
+        return self._job_id
+
     def close(self) -> None:
         if not self._closed and self._log is not None:
             self._log.watchers -= 1
@@ -176,9 +186,35 @@ class JobFollower(Follower[JobEvent]):
                     self._replay_until = final.last_seq
                     continue
                 return self._end()
-            await job_log.wait_for(self.last_seq)
+            if job_log.abandoned:
+                await self._read_stored_end(job_log)
+            else:
+                await job_log.wait_for(self.last_seq)
             if self._closed:
                 return []
+
+    async def _read_stored_end(self, job_log: JobLog) -> None:
+        """The job's stream stopped and its log is open: go on from the store.
+
+        An ended job is replayed from the store to its stored status; the deltas the
+        store has past the follower's are replayed; else this waits a moment for the
+        log to close.
+        """
+        job = await self._store.get_job(self._job_id)
+        if job is None or job.status.is_terminal:
+            self._leave_log()
+            self._final = None if job is None else StatusEvent.of(job)
+            self._replay_until = self.last_seq if job is None else job.last_seq
+        elif job.last_seq > self.last_seq:
+            self._replay_until = job.last_seq
+        else:
+            with trio.move_on_after(_ABANDONED_POLL):
+                await job_log.wait_closed()
+
+    def _leave_log(self) -> None:
+        if self._log is not None and not self._closed:
+            self._log.watchers -= 1
+        self._log = None
 
     async def _subscribe(self) -> SnapshotEvent | None:
         subscription: Subscription | ServiceError | None = await self._registry.ask(

@@ -11,8 +11,12 @@ any follower has seen.
 
 The log keeps a bounded tail in memory (``tail_size`` deltas); a follower that
 is further behind reads the rest from the store, so a slow follower never
-holds memory or the job back. Nothing here blocks but :meth:`wait_for`, and no
-method is a checkpoint except the ``async`` ones.
+holds memory or the job back. Nothing here blocks but :meth:`wait_for` and
+:meth:`wait_closed`, and no method is a checkpoint except the ``async`` ones.
+
+A log whose stream stopped before anyone closed it is *abandoned*
+(:meth:`abandon`): the job will be ended, but maybe on another log (a registry
+that restarted meanwhile makes its own), so its readers learn the end from the store.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class JobLog:
         self.final: StatusEvent | None = None
         self.watchers = 0
         self._sealed = False
+        self._abandoned = False
+        self._closed = trio.Event()
         self._tail: deque[DeltaEvent] = deque(maxlen=tail_size)
         self._pending: list[Delta] = []
         self._changed = trio.Event()
@@ -137,6 +143,24 @@ class JobLog:
         """Refuse appends from now on: the job is ending. Idempotent."""
         self._sealed = True
 
+    @property
+    def abandoned(self) -> bool:
+        """True once its stream stopped while it was open, until it is closed."""
+        return self._abandoned and self.final is None
+
+    def abandon(self) -> None:
+        """Say that the job's stream stopped while the log is open: refuse appends from
+        now on and wake the readers. Does nothing once closed; idempotent.
+
+        The persister still stores what was appended. Whoever ends the job closes the
+        log if it holds it; a registry that restarted meanwhile ends the job on a log of
+        its own, so readers of this one learn the end from the store.
+        """
+        if self.final is None and not self._abandoned:
+            self._abandoned = True
+            self._sealed = True
+            self._wake()
+
     def close(self, final: StatusEvent) -> None:
         """End the log with the job's final status; ``final.last_seq`` is the watermark.
 
@@ -150,6 +174,7 @@ class JobLog:
         self.persisted_seq = min(self.persisted_seq, final.last_seq)
         self._pending.clear()
         self._flushed.set()
+        self._closed.set()
         self._wake()
 
     # -- the followers' side ---------------------------------------------------
@@ -167,14 +192,18 @@ class JobLog:
         return [tail[i] for i in range(start, end)]
 
     async def wait_for(self, seq: int) -> None:
-        """Wait until a delta after ``seq`` is persisted, or the log is closed.
+        """Wait until a delta after ``seq`` is persisted, or the log is closed or abandoned.
 
         Always a checkpoint, even when that is already so.
         """
-        if self.persisted_seq > seq or self.final is not None:
+        if self.persisted_seq > seq or self.final is not None or self._abandoned:
             await trio.lowlevel.checkpoint()
-        while self.persisted_seq <= seq and self.final is None:
+        while self.persisted_seq <= seq and self.final is None and not self._abandoned:
             await self._changed.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the log is closed. Always a checkpoint."""
+        await self._closed.wait()
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, trio.Event()

@@ -11,7 +11,9 @@ a late completion after an abort finds no running job and changes nothing.
 
 Its handlers never wait on another actor's slow path: stopping a stream (and
 its grace time) runs in a task of its own, and the notifier gets one second
-to decide before the retries move to a task.
+to decide before the retries move to a task. On a store of this node alone, a
+job's end is stored only with the notifier's decision: a crash in between
+leaves the job running in the store, for the next registry to end and notify.
 
 On a store several nodes share (:class:`~actors.stores.protocol.ClusterStore`)
 each node's registry runs its own jobs, and the store decides what must hold
@@ -98,6 +100,10 @@ _MAX_RECORD_DELAY = 1.0
 # The channel an abort written on one node reaches the node running the job by.
 CONTROL_CHANNEL = "control"
 NODE_LOST = "interrupted: node lost"
+
+
+class _NotifierSilent(Exception):
+    """The notifier did not decide on a job's end in time; the end is not stored."""
 
 
 @attrs.frozen
@@ -593,6 +599,11 @@ class JobRegistry(Actor):
         If the store fails (or ``store_down`` says it does), the log ends at once
         at the persisted seq, all its followers were sent, and a task stores the
         end, with the deltas that were not stored yet, once the store answers.
+        If the notifier does not answer, a task stores the end once it has decided
+        on it, and only then ends the log: should this registry stop first, the job
+        is still running in the store, and the next registry ends it (and notifies).
+        Meanwhile the log is abandoned, so its followers read the end from the store,
+        whichever registry stores it.
         """
         del self._running[running.job.id]
         self._stop_stream_soon(running)
@@ -615,6 +626,8 @@ class JobRegistry(Actor):
         # A foreground job's caller saw it end on its own stream.
         watched = job.foreground or self._watched(running)
         final: StatusEvent | None = None
+        # The log for the task to close once it has stored the end, if not now.
+        later: JobLog | None = None
         if not store_down:
             try:
                 _, final = await self._record_end(job, pending, watched)
@@ -622,14 +635,27 @@ class JobRegistry(Actor):
                 log.warning(
                     "the store failed; the end is stored later", job_id=job.id, error=str(failure)
                 )
+            except _NotifierSilent:
+                log.warning("the notifier is silent; the end is stored later", job_id=job.id)
+                later = running.log
+                later.abandon()
         if final is None:
             self._unrecorded.add(job.id)
-            self.context.start_task(self._record_end_later, job, pending, watched)
+            self.context.start_task(self._record_end_later, job, pending, watched, later)
             final = StatusEvent(status, error, finish_reason, usage, running.log.persisted_seq)
         self._deps.metrics.jobs_finished.labels(final.status.value).inc()
         self._deps.metrics.jobs_running.set(len(self._running))
-        running.log.close(final)
-        log.info("job finished", job_id=job.id, status=final.status.value, watched=watched)
+        if later is None:
+            running.log.close(final)
+        # The usage counts are what an operator reads the log for (and bills by).
+        log.info(
+            "job finished",
+            job_id=job.id,
+            status=final.status.value,
+            watched=watched,
+            prompt_tokens=None if usage is None else usage.prompt_tokens,
+            completion_tokens=None if usage is None else usage.completion_tokens,
+        )
 
     async def _record_end(
         self, job: Job, pending: list[Delta], watched: bool, *, watched_elsewhere: bool = True
@@ -641,14 +667,19 @@ class JobRegistry(Actor):
         stored. On a shared store another node may have ended the job first: that end
         stays, and this one notifies nobody; a job watched on another node counts as
         watched, unless ``watched_elsewhere`` is False. Raises StoreError if the store
-        fails; calling again is harmless.
+        fails and, on a store of this node alone, :class:`_NotifierSilent` if the notifier
+        does not answer within ``_NOTIFY_WAIT`` (the end is not stored then); calling
+        again is harmless.
         """
         if pending:
             await self._store.append_deltas(job.id, pending)
         if self._cluster is None:
             # Before the status is stored: whoever sees the job ended finds its
-            # notification too.
-            await self._notify_soon(job, watched)
+            # notification too. And not without it: a retry left to a task would die
+            # with this actor, while a job still running in the store is ended (and
+            # notified) by the next registry.
+            if not await self._ask_notifier(job, watched, _NOTIFY_WAIT):
+                raise _NotifierSilent(job.id)
             won = await self._store.update_job(job)
             stored = await self._store.get_job(job.id)
         else:
@@ -663,11 +694,14 @@ class JobRegistry(Actor):
                 await self._notify_soon(job, watched)
         return won, StatusEvent.of(stored or job)
 
-    async def _record_end_later(self, job: Job, pending: list[Delta], watched: bool) -> None:
-        """:meth:`_record_end` until the store answers, backing off; then the job's lease
-        (held meanwhile) is let go."""
+    async def _record_end_later(
+        self, job: Job, pending: list[Delta], watched: bool, job_log: JobLog | None
+    ) -> None:
+        """:meth:`_record_end` until the store and the notifier answer, backing off; then
+        the job's lease (held meanwhile) is let go, and ``job_log`` (if given) is ended
+        with the stored status."""
         async for attempt in stamina.retry_context(
-            on=StoreError,
+            on=(StoreError, _NotifierSilent),
             attempts=None,
             timeout=None,
             wait_initial=0.05,
@@ -675,7 +709,9 @@ class JobRegistry(Actor):
             wait_jitter=0.05,
         ):
             with attempt:
-                await self._record_end(job, pending, watched)
+                _, final = await self._record_end(job, pending, watched)
+        if job_log is not None:
+            job_log.close(final)
         self._unrecorded.discard(job.id)
         log.info("stored the end of a job", job_id=job.id, status=job.status.value)
 

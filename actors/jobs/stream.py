@@ -14,12 +14,17 @@ A foreground job's stream also hands the upstream's answer, its head and its
 body's bytes, to the job's :class:`~actors.jobs.passthrough.Passthrough`,
 waiting for room there: the caller's reading paces the upstream read. Tool
 calls and images are kept beside the log and reported with the outcome.
+
+An answer is bounded by ``max_answer_chars``: the delta that runs past it is
+cut at the limit, the call is cancelled (closing the upstream response), and
+the job fails "answer_too_large" with its text up to the limit.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import structlog
 import trio
 
@@ -48,6 +53,16 @@ log = structlog.get_logger("troupe.stream")
 _REPORT_ATTEMPTS = 3
 
 
+class _AnswerTooLarge(Exception):
+    """The answer ran past ``max_answer_chars``; raised out of the upstream call."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"answer_too_large: the answer ran past the limit of {limit:,} characters"
+            " and was cut there"
+        )
+
+
 class StreamActor(Actor):
     """Streams one job; with a ``passthrough``, the job is a foreground one (see the
     module docs). The passthrough ends however the actor stops."""
@@ -72,11 +87,17 @@ class StreamActor(Actor):
         # Merged once, for the report: a fragment costs an append until then.
         self._tool_fragments: list[dict[str, Any]] = []
         self._images: list[dict[str, Any]] = []
+        # What the answer holds so far, against the cap.
+        self._answer_chars = 0
+        self._max_answer_chars = deps.config.max_answer_chars
 
     async def on_start(self) -> None:
         self.context.start_task(self._stream)
 
     async def on_stop(self, reason: ExitReason) -> None:
+        # Followers wait on the log; if nobody closed it, whoever ends the job may do
+        # so on another log (a registry that restarted meanwhile).
+        self._log.abandon()
         if self._passthrough is not None:
             self._passthrough.close()
 
@@ -95,6 +116,14 @@ class StreamActor(Actor):
             log.info("upstream failed", job_id=self._job_id, code=error.code)
             self._deps.metrics.upstream_errors.labels(error.code).inc()
             failure = error
+            final = StreamFailed(
+                self._job_id, str(error), merge_tool_calls(self._tool_fragments), self._images
+            )
+        except _AnswerTooLarge as error:
+            log.warning(
+                "answer cut at its limit", job_id=self._job_id, limit=self._max_answer_chars
+            )
+            self._deps.metrics.upstream_errors.labels("answer_too_large").inc()
             final = StreamFailed(
                 self._job_id, str(error), merge_tool_calls(self._tool_fragments), self._images
             )
@@ -133,22 +162,36 @@ class StreamActor(Actor):
 
     async def _on_event(self, event: UpstreamEvent) -> None:
         if isinstance(event, TextDelta):
-            if event.content or event.reasoning:
+            content, reasoning = event.content, event.reasoning
+            if content or reasoning:
                 if self._requested_at is not None:
                     self._deps.metrics.upstream_first_token.observe(
                         trio.current_time() - self._requested_at
                     )
                     self._requested_at = None  # the first token is counted once
+                self._answer_chars += len(content) + len(reasoning)
+                over = self._answer_chars - self._max_answer_chars
+                if over > 0:
+                    content, reasoning = _fit(content, reasoning, over)
                 try:
-                    self._log.append_nowait(event.content, event.reasoning)
+                    if content or reasoning:
+                        self._log.append_nowait(content, reasoning)
                 except trio.ClosedResourceError:
                     # The job ended (aborted, timed out): stop reading.
                     self.context.stop()
                     await trio.sleep_forever()
+                if over > 0:
+                    raise _AnswerTooLarge(self._max_answer_chars)
         elif isinstance(event, RawBytes):
             if self._passthrough is not None:
                 await self._passthrough.send(event.data)
         elif isinstance(event, ExtrasDelta):
+            # Not cut: a piece of JSON would not parse. Rare, so measured exactly.
+            for extras in (event.tool_calls, event.images):
+                if extras:
+                    self._answer_chars += len(orjson.dumps(extras))
+            if self._answer_chars > self._max_answer_chars:
+                raise _AnswerTooLarge(self._max_answer_chars)
             self._tool_fragments += event.tool_calls
             self._images += event.images
         elif isinstance(event, UpstreamOpened):
@@ -157,3 +200,10 @@ class StreamActor(Actor):
             if self._passthrough is not None:
                 self._passthrough.open()
             await self._registry.tell(StreamOpened(self._job_id, event.generation_id))
+
+
+def _fit(content: str, reasoning: str, over: int) -> tuple[str, str]:
+    """The delta's text less ``over`` characters, taken from its reasoning first, then
+    from the end of its content."""
+    keep = len(content) + len(reasoning) - over
+    return content[:keep], reasoning[: max(0, keep - len(content))]

@@ -36,7 +36,7 @@ async def _build_sqlite(config: ServiceConfig) -> Store:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create data directory {data_dir}: {exc}") from exc
-        return SqliteStore(data_dir / SQLITE_FILE_NAME)
+        return SqliteStore(data_dir / SQLITE_FILE_NAME, max_bytes=config.sqlite_max_bytes or None)
 
     # Not abandoned on cancel: the open finishes, so no writer thread is leaked
     # half-built; the caller's cancellation lands at its next checkpoint.
@@ -68,8 +68,8 @@ class StoreFactory:
     """Gives out one cached store of the backend ``config.store`` names.
 
     The SQLite backend keeps its file in ``config.data_dir / "troupe.db"`` (and
-    creates the directory); the Redis backend reads the ``redis_*`` settings and
-    ``retention``.
+    creates the directory), capped at ``config.sqlite_max_bytes``; the Redis backend
+    reads the ``redis_*`` settings and ``retention``.
     """
 
     def __init__(self, config: ServiceConfig) -> None:

@@ -171,6 +171,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        version=4,
+        statements=(
+            # Always empty: a health check writes a page-sized row here and deletes
+            # it in the same transaction, to learn whether the file takes writes.
+            "CREATE TABLE write_probe (filler BLOB NOT NULL) STRICT",
+        ),
+    ),
 )
 
 CURRENT_VERSION = MIGRATIONS[-1].version

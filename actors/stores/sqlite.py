@@ -16,6 +16,15 @@ are counters in the row, so listing jobs reads no output at all.
 Datetimes are stored as ISO 8601 text in UTC with microseconds, a fixed-width
 form whose text order is time order; usage, a job's tool calls and images, and
 notification actions as JSON.
+
+When the database cannot take writes (a full disk, the ``max_bytes`` cap, a
+read-only file, I/O errors), writes fail with :class:`StoreError` naming SQLite's
+reason, and nothing of a failed write is kept. From then until a write succeeds,
+every write first proves there is room (:func:`_check_room`), so that a small
+write that would still fit in a page cannot make the store look whole while the
+others fail, and :meth:`SqliteStore.ping` fails. After SQLite said the file is
+read-only, the next write opens both connections again: one that opened a
+read-only file stays read-only after the file is made writable.
 """
 
 from __future__ import annotations
@@ -140,6 +149,24 @@ _MOST_ROWS_PER_STATEMENT = 512
 """The most deltas one append statement carries; also bounded by the
 connection's limit on parameters."""
 
+_CANNOT_WRITE = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+"""SQLite's primary result codes that say the database takes no writes at all (a
+full disk, a read-only file, I/O errors, a lock held elsewhere past the timeout),
+unlike a write's own fault, such as a constraint it breaks."""
+
 
 class SqliteStore:
     """Implements :class:`~actors.stores.protocol.Store` in a SQLite file.
@@ -150,21 +177,26 @@ class SqliteStore:
     parent directory must exist. Raises :class:`StoreError` if the file cannot
     be opened or its schema is newer than this code.
 
-    ``max_batch`` bounds how many writes share one commit.
+    ``max_batch`` bounds how many writes share one commit. ``max_bytes``, if set,
+    caps the file's size (SQLite's ``max_page_count``, on the write connection):
+    a write that needs more room fails "database or disk is full", like a full
+    disk, until deleted rows make room. The cap is never below the file's size
+    when it is opened, nor below what another connection made it.
     """
 
-    def __init__(self, path: Path, *, max_batch: int = 1000) -> None:
+    def __init__(self, path: Path, *, max_batch: int = 1000, max_bytes: int | None = None) -> None:
         self.path = path
+        self._max_bytes = max_bytes
         write_conn: sqlite3.Connection | None = None
         read_conn: sqlite3.Connection | None = None
         try:
-            write_conn = _connect(path)
+            write_conn = self._open_writer()
             mode = write_conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreError(f"cannot put SQLite store at {path} in WAL mode (got {mode!r})")
             migrate(write_conn)
-            read_conn = _connect(path)
-            read_conn.execute("PRAGMA query_only = ON")
+            read_conn = self._open_reader()
+            self._page_size = int(write_conn.execute("PRAGMA page_size").fetchone()[0])
         except (sqlite3.Error, StoreError) as exc:
             for conn in (read_conn, write_conn):
                 if conn is not None:
@@ -179,6 +211,32 @@ class SqliteStore:
         self._writer = SqliteWriter(write_conn, max_batch=max_batch, name=f"sqlite-writer:{path}")
         self._closed = False
         self._close_done: trio.Event | None = None
+        # The last write's failure, while the database takes no writes; None once
+        # a write succeeds.
+        self._write_failure: StoreError | None = None
+        # SQLite said the file is read-only: open both connections again first.
+        self._reopen_due = False
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = _connect(self.path)
+        if self._max_bytes is not None:
+            try:
+                page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                # PRAGMA takes no parameters; the count is an int we computed.
+                conn.execute(f"PRAGMA max_page_count = {max(1, self._max_bytes // page_size)}")
+            except sqlite3.Error:
+                conn.close()
+                raise
+        return conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = _connect(self.path)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
 
     def __repr__(self) -> str:
         return f"<SqliteStore {str(self.path)!r}{' closed' if self._closed else ''}>"
@@ -195,10 +253,48 @@ class SqliteStore:
 
     # -- plumbing -----------------------------------------------------------
 
-    async def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(
+        self, operation: Callable[[sqlite3.Connection], T], *, check_room: bool = False
+    ) -> T:
+        """Run ``operation`` on the writer, after :func:`_check_room` if ``check_room``
+        or while writes fail. Raises StoreError."""
         if self._closed:
             raise StoreError("store is closed")
-        return await self._writer.submit(operation)
+        if self._reopen_due:
+            await self._reopen()
+        if check_room or self._write_failure is not None:
+            operation = _room_checked(operation, self._page_size)
+        try:
+            result = await self._writer.submit(operation)
+        except StoreError as error:
+            code = _primary_code(error)
+            if code in _CANNOT_WRITE:
+                self._write_failure = error
+                self._reopen_due = self._reopen_due or code == sqlite3.SQLITE_READONLY
+            raise
+        self._write_failure = None
+        return result
+
+    async def _reopen(self) -> None:
+        """Close both connections, then open them again. Raises StoreError if that
+        fails; the next write tries again.
+
+        Both, and both closed before either opens: the connections of a process to
+        one file share its ``-shm`` index, read-only if it was opened so.
+        """
+        async with self._read_lock:
+            if not self._reopen_due or self._closed:
+                return
+            await trio.to_thread.run_sync(self._read_conn.close)
+            try:
+                await self._writer.reconnect(self._open_writer)
+            finally:
+                try:
+                    self._read_conn = await trio.to_thread.run_sync(self._open_reader)
+                except sqlite3.Error as exc:
+                    # Reads fail on the closed connection until a reopen succeeds.
+                    raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
+            self._reopen_due = False
 
     async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -600,8 +696,10 @@ class SqliteStore:
     # -- lifecycle ----------------------------------------------------------
 
     async def ping(self) -> None:
-        """Return if the writer thread is running and the database answers a
-        query; raise :class:`StoreError` otherwise (also once closed)."""
+        """Return if the writer thread is running, the database answers a query and
+        takes a write that needs a new page (:func:`_check_room`, committed, which
+        leaves no row); raise :class:`StoreError` otherwise (also once closed),
+        naming SQLite's reason."""
         if not self._closed and not self._writer.is_running:
             raise StoreError(f"SQLite store at {self.path}: writer thread has stopped")
 
@@ -609,6 +707,10 @@ class SqliteStore:
             conn.execute("SELECT 1").fetchone()
 
         await self._read(select_one)
+        try:
+            await self._write(_nothing, check_room=True)
+        except StoreError as error:
+            raise StoreError(f"SQLite store at {self.path} takes no writes: {error}") from error
 
     async def aclose(self) -> None:
         """Commit every write already submitted, stop the writer thread and
@@ -642,6 +744,40 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def _check_room(conn: sqlite3.Connection, page_size: int) -> None:
+    """Write a page-sized row to ``write_probe`` and delete it again, in the open
+    transaction: it needs a free page or room to grow, and a writable file.
+
+    Raises :class:`sqlite3.Error` (``SQLITE_FULL``, ``SQLITE_READONLY``, ...) when the
+    database cannot take it. Committed, it leaves a free page behind at most.
+    """
+    conn.execute("INSERT INTO write_probe (filler) VALUES (zeroblob(?))", (page_size,))
+    conn.execute("DELETE FROM write_probe")
+
+
+def _room_checked(
+    operation: Callable[[sqlite3.Connection], T], page_size: int
+) -> Callable[[sqlite3.Connection], T]:
+    """``operation``, after :func:`_check_room`."""
+
+    def checked(conn: sqlite3.Connection) -> T:
+        _check_room(conn, page_size)
+        return operation(conn)
+
+    return checked
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A write operation that writes nothing (what :func:`_check_room` adds aside)."""
+
+
+def _primary_code(error: StoreError) -> int | None:
+    """SQLite's primary result code behind ``error``, or None if SQLite raised none."""
+    cause = error.__cause__
+    code = getattr(cause, "sqlite_errorcode", None) if isinstance(cause, sqlite3.Error) else None
+    return None if code is None else int(code) & 0xFF
 
 
 def _placeholders(count: int) -> str:

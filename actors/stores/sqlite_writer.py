@@ -9,6 +9,10 @@ fails only its own caller; the rest of the group still commits.
 trio tasks submit operations through a thread-safe queue and sleep on a
 :class:`trio.Event`; after the commit, the writer wakes the whole group with one
 call into each trio run it came from (one hand-off per group, not per write).
+
+:meth:`SqliteWriter.reconnect` swaps the connection between two groups: a
+connection that opened a read-only file stays read-only after the file is made
+writable again, so only a new one can write.
 """
 
 from __future__ import annotations
@@ -45,12 +49,24 @@ class _Request(Generic[T]):
     wake: _Wake
 
 
+@attrs.frozen
+class _Reconnect:
+    """Queued by :meth:`SqliteWriter.reconnect`: the groups queued before it are
+    written on the old connection, those after it on the new one."""
+
+    connect: Callable[[], sqlite3.Connection]
+    token: trio.lowlevel.TrioToken
+    wake: _Wake
+
+
 def _wake_all(wakes: list[tuple[_Wake, outcome.Outcome[Any]]]) -> None:
     for wake, result in wakes:
         wake(result)
 
 
-def _deliver(requests: Sequence[_Request[Any]], results: Sequence[outcome.Outcome[Any]]) -> None:
+def _deliver(
+    requests: Sequence[_Request[Any] | _Reconnect], results: Sequence[outcome.Outcome[Any]]
+) -> None:
     """Hand each result to its caller, with one call into each trio run."""
     by_run: dict[trio.lowlevel.TrioToken, list[tuple[_Wake, outcome.Outcome[Any]]]] = {}
     for request, result in zip(requests, results, strict=True):
@@ -88,7 +104,7 @@ class SqliteWriter:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._conn = connection
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Request[Any] | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Request[Any] | _Reconnect | _Stop] = queue.SimpleQueue()
         # Guards the check-then-put in submit against the thread's final drain,
         # so no request can be queued after the thread has stopped reading.
         self._accepting_lock = threading.Lock()
@@ -142,6 +158,34 @@ class SqliteWriter:
         await done.wait()
         return result[0].unwrap()
 
+    async def reconnect(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """Close the connection and write on ``connect()``'s from now on.
+
+        ``connect`` runs on the writer thread, after every operation submitted
+        before this call has been committed (or has failed), and must return a
+        connection set up as the constructor's. Blocks until it has. Raises
+        :class:`StoreError` if ``connect`` raises (its exception chained) or the
+        writer is closed; the old connection is closed all the same, so every
+        write fails until a later call succeeds. Cancellable
+        while waiting; a cancelled call may still take effect.
+        """
+        if self._closing:
+            raise StoreError("store is closed")
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        result: list[outcome.Outcome[None]] = []
+
+        def wake(value: outcome.Outcome[None]) -> None:
+            result.append(value)
+            done.set()
+
+        with self._accepting_lock:
+            if not self._accepting:
+                raise StoreError("store writer has stopped")
+            self._queue.put(_Reconnect(connect, token, wake))
+        await done.wait()
+        result[0].unwrap()
+
     async def aclose(self) -> None:
         """Write everything already submitted, commit, close the connection and
         join the thread. Idempotent: a second call waits for the same end.
@@ -161,19 +205,28 @@ class SqliteWriter:
             stopping = False
             while not stopping:
                 first = self._queue.get()
-                if isinstance(first, _Stop):
-                    break
-                batch: list[_Request[Any]] = [first]
-                while len(batch) < self._max_batch:
+                batch: list[_Request[Any]] = []
+                # What ends the group: a stop or a reconnect, done after the group.
+                held: _Reconnect | _Stop | None = None
+                if isinstance(first, _Request):
+                    batch.append(first)
+                else:
+                    held = first
+                while held is None and len(batch) < self._max_batch:
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if isinstance(item, _Stop):
-                        stopping = True
-                        break
-                    batch.append(item)
-                self._run_batch(batch)
+                    if isinstance(item, _Request):
+                        batch.append(item)
+                    else:
+                        held = item
+                if batch:
+                    self._run_batch(batch)
+                if isinstance(held, _Stop):
+                    stopping = True
+                elif held is not None:
+                    self._reconnect(held)
         finally:
             with self._accepting_lock:
                 self._accepting = False
@@ -190,9 +243,10 @@ class SqliteWriter:
             self._commits += 1
         except sqlite3.Error as exc:
             # Transaction control itself failed (disk full, I/O error, lock
-            # timeout): nothing of this group is durable, so all of it fails.
-            if self._conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
+            # timeout, a connection closed by a failed reconnect): nothing of this
+            # group is durable, so all of it fails.
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
             # One exception per caller: each raises it in its own task, with
             # its own traceback.
@@ -201,13 +255,31 @@ class SqliteWriter:
             ]
         _deliver(batch, results)
 
+    def _reconnect(self, request: _Reconnect) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        opened = outcome.capture(request.connect)
+        if isinstance(opened, outcome.Value):
+            self._conn = opened.value
+            _deliver([request], [outcome.Value(None)])
+            return
+        error = StoreError(f"cannot open the database again: {opened.error}")
+        error.__cause__ = opened.error
+        _deliver([request], [outcome.Error(error)])
+
     def _run_one(self, operation: WriteOperation[Any]) -> outcome.Outcome[Any]:
-        """Run one operation in a savepoint. Raises sqlite3.Error only when the
-        savepoint machinery itself fails."""
+        """Run one operation in a savepoint. Raises sqlite3.Error when the savepoint
+        machinery itself fails, or when the operation's error ended the whole
+        transaction."""
         self._operations += 1
         self._conn.execute("SAVEPOINT operation")
         result: outcome.Outcome[Any] = outcome.capture(operation, self._conn)
         if isinstance(result, outcome.Error):
+            if isinstance(result.error, sqlite3.Error) and not self._conn.in_transaction:
+                # SQLite rolled back the whole transaction on its own (it may, on
+                # SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY, SQLITE_NOMEM): the group's
+                # earlier writes are gone too, and this is why.
+                raise result.error
             self._conn.execute("ROLLBACK TO operation")
             if isinstance(result.error, sqlite3.Error):
                 result = outcome.Error(_as_store_error(result.error, "write failed"))
@@ -215,13 +287,13 @@ class SqliteWriter:
         return result
 
     def _fail_leftovers(self) -> None:
-        leftovers: list[_Request[Any]] = []
+        leftovers: list[_Request[Any] | _Reconnect] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Request):
+            if not isinstance(item, _Stop):
                 leftovers.append(item)
         stopped = [outcome.Error(StoreError("store writer has stopped")) for _ in leftovers]
         _deliver(leftovers, stopped)

@@ -18,7 +18,8 @@ class UpstreamError(Exception):
             ``"finish_error"`` (``finish_reason == "error"``), ``"truncated"`` (EOF before
             ``[DONE]`` and before any ``finish_reason``), ``"idle_timeout"`` (no event within
             the idle timeout), ``"connection_error"`` (transport failure), ``"bad_chunk"``
-            (a data line that is not a JSON object) or ``"no_api_key"``.
+            (a data line that is not a JSON object), ``"event_too_large"`` (an event
+            grew past the client's limit before it ended) or ``"no_api_key"``.
         message: human-readable text. It never contains the API key: every message built
             from an upstream answer has the key redacted before it gets here.
         status: the HTTP status of the answer, or ``None`` when there was none.

@@ -47,14 +47,20 @@ _log = structlog.get_logger(__name__)
 class OpenAICompatibleUpstream:
     """Streams chat completions from ``{base_url}/chat/completions`` over SSE.
 
-    ``api_key`` is used unless a request carries its own. ``idle_timeout`` bounds the wait
-    for the response headers and then for each SSE event (keep-alive comments count);
-    ``connect_timeout`` bounds connecting. Failures that are transient (HTTP 408, 429,
-    5xx, transport errors, a stream that ended before any output) are retried up to
-    ``max_attempts`` attempts in total, but only while no output has been delivered and
-    never for a pass-through request:
-    exponential backoff from ``backoff_initial`` capped at ``backoff_max``, or the
-    ``Retry-After`` the upstream asked for (capped at :data:`MAX_RETRY_AFTER`).
+    ``api_key`` is used unless a request carries its own. ``connect_timeout`` bounds
+    connecting; the response's status line and headers must then come within
+    ``idle_timeout`` (a head that never finishes fails ``idle_timeout`` at the two
+    together), and so must each SSE event after them (keep-alive comments count).
+    A redirect (3xx) is never followed: it fails ``http_<status>`` naming its
+    ``Location``, and is not retried, so the request and its key never go to another
+    address, nor over plain HTTP. An event that grows past ``max_event_chars`` before
+    it ends (one huge chunk, or bytes with no line breaks) fails ``event_too_large``,
+    not retried, so the decoder holds little more than that. Failures that are
+    transient (HTTP 408, 429, 5xx, transport errors, a stream that ended before any
+    output) are retried up to ``max_attempts`` attempts in total, but only while no
+    output has been delivered and never for a pass-through request: exponential
+    backoff from ``backoff_initial`` capped at ``backoff_max``, or the ``Retry-After``
+    the upstream asked for (capped at :data:`MAX_RETRY_AFTER`).
     ``extra_headers`` (such as OpenRouter's ``HTTP-Referer`` / ``X-Title``) go with every
     request. A ``client`` passed in is used as is and left open by :meth:`aclose`.
     """
@@ -68,6 +74,7 @@ class OpenAICompatibleUpstream:
         connect_timeout: float = 10.0,
         read_interval: float = 0.0,
         max_attempts: int = 4,
+        max_event_chars: int = 10_000_000,
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
         extra_headers: Mapping[str, str] | None = None,
@@ -75,6 +82,8 @@ class OpenAICompatibleUpstream:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if max_event_chars < 1:
+            raise ValueError("max_event_chars must be at least 1")
         if idle_timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if not 0 <= read_interval < idle_timeout:
@@ -85,6 +94,7 @@ class OpenAICompatibleUpstream:
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
         self._max_attempts = max_attempts
+        self._max_event_chars = max_event_chars
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._extra_headers = dict(extra_headers or {})
@@ -210,7 +220,8 @@ class OpenAICompatibleUpstream:
             raise _connection_error(exc, api_key) from None
         raise UpstreamError(
             "idle_timeout",
-            f"no response from the upstream within {self._idle_timeout:g} s",
+            "no complete response head from the upstream within "
+            f"{self._connect_timeout + self._idle_timeout:g} s",
             retryable=False,
         )
 
@@ -273,6 +284,13 @@ class OpenAICompatibleUpstream:
                             raise UpstreamError(
                                 "finish_error", "the upstream finished with finish_reason 'error'"
                             )
+                    # After the piece's whole events went out, so that none is lost.
+                    if decoder.pending > self._max_event_chars:
+                        raise UpstreamError(
+                            "event_too_large",
+                            f"the upstream sent more than {self._max_event_chars:,} characters"
+                            " without ending an event",
+                        )
                     if piece is None:
                         if parser.finish_reason is not None:
                             return parser.result()
@@ -312,17 +330,23 @@ class _ChunkParser:
     def result(self) -> StreamResult:
         return StreamResult(self.finish_reason, self.usage, self.generation_id)
 
+    def _quoted(self, data: str) -> str:
+        """The start of ``data`` for an error message, the key redacted first: cut
+        before, a key would survive the redaction in part."""
+        return repr(_redact(data[: 200 + len(self.api_key)], self.api_key)[:200])
+
     def parse(self, data: str) -> list[TextDelta | ExtrasDelta]:
         """Return the deltas one ``data`` payload carries; raise UpstreamError on failure."""
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamError(
-                "bad_chunk", f"the upstream sent a data line that is not JSON: {data[:200]!r}"
+                "bad_chunk",
+                f"the upstream sent a data line that is not JSON: {self._quoted(data)}",
             ) from None
         if not isinstance(chunk, dict):
             raise UpstreamError(
-                "bad_chunk", f"the upstream sent a non-object chunk: {data[:200]!r}"
+                "bad_chunk", f"the upstream sent a non-object chunk: {self._quoted(data)}"
             )
         if self.generation_id is None and isinstance(chunk.get("id"), str):
             self.generation_id = chunk["id"]
@@ -476,7 +500,15 @@ def _http_error(response: httpx.Response, raw: bytes, api_key: str) -> UpstreamE
         parsed = None
     if isinstance(parsed, dict):
         _, message = _error_message(parsed.get("error"))
-    if message is None:
+    if 300 <= status <= 399:
+        # Following it would send the request, key included, wherever the Location
+        # says, maybe over plain HTTP: the operator fixes the address instead.
+        location = response.headers.get("location", "")[:300]
+        message = (
+            f"the upstream redirected to {location!r}; redirects are not followed,"
+            " so set the upstream address to the final one"
+        )
+    elif message is None:
         message = raw[:300].decode("utf-8", errors="replace").strip() or response.reason_phrase
     retryable = is_retryable_status(status)
     return UpstreamError(

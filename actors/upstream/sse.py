@@ -63,13 +63,24 @@ class SSEDecoder:
 
     def _reset(self) -> None:
         self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._partial_line = ""
+        # The line not ended yet, in pieces: joined once, when it ends, so that a long
+        # line costs its length and not its length times its pieces.
+        self._partial: list[str] = []
+        self._partial_chars = 0
         # A chunk ending in "\r" may be the first half of "\r\n"; the "\n" opening the
         # next chunk must then not count as a second (blank) line.
         self._after_cr = False
         self._at_start = True
         self._data_lines: list[str] = []
+        self._data_chars = 0
         self._has_data = False
+
+    @property
+    def pending(self) -> int:
+        """Characters held for the event being read: its data lines so far and the line
+        not ended yet. The decoder keeps whatever it is fed; a caller that must bound
+        its memory checks this after each :meth:`feed`."""
+        return self._partial_chars + self._data_chars
 
     def feed(self, chunk: bytes) -> list[SSEItem]:
         """Decode the next piece of the stream; return the items it completed, in order."""
@@ -99,13 +110,20 @@ class SSEDecoder:
                 text = text[1:]
         start = 0
         for match in _LINE_BREAK.finditer(text):
-            self._line(self._partial_line + text[start : match.start()], items)
-            self._partial_line = ""
+            line = text[start : match.start()]
+            if self._partial:
+                self._partial.append(line)
+                line = "".join(self._partial)
+                self._partial = []
+                self._partial_chars = 0
+            self._line(line, items)
             start = match.end()
         rest = text[start:]
-        if not rest and text.endswith("\r"):
+        if rest:
+            self._partial.append(rest)
+            self._partial_chars += len(rest)
+        elif text.endswith("\r"):
             self._after_cr = True
-        self._partial_line += rest
         return items
 
     def _line(self, line: str, items: list[SSEItem]) -> None:
@@ -113,6 +131,7 @@ class SSEDecoder:
             if self._has_data:
                 items.append(SSEMessage("\n".join(self._data_lines)))
             self._data_lines = []
+            self._data_chars = 0
             self._has_data = False
             return
         if line[0] == ":":
@@ -123,5 +142,6 @@ class SSEDecoder:
             value = value.removeprefix(" ")
         if name == "data":
             self._data_lines.append(value)
+            self._data_chars += len(value)
             self._has_data = True
         # "event", "id", "retry" and unknown fields carry nothing the upstream contract uses.

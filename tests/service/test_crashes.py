@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -13,14 +14,19 @@ from actors import (
     DeltaEvent,
     JobEvent,
     JobStatus,
+    JobView,
     Notification,
+    ServerBusy,
     Service,
     ServiceConfig,
     StatusEvent,
     open_service,
 )
-from actors.model import NotificationType
+from actors.errors import ServiceRestarting
+from actors.http.errors import answer_for
+from actors.model import Job, NotificationType
 from actors.upstream import SimulatedUpstream, TextDelta, UpstreamEvent, UpstreamRequest
+from runtime import Actor
 from tests.service.kit import (
     ALICE,
     PROMPT,
@@ -274,3 +280,144 @@ async def test_the_facade_works_again_after_a_service_restart_on_sqlite(tmp_path
     settings = config(tmp_path, store="sqlite")
     async with open_service(settings, upstream=SimulatedUpstream(math.inf)) as service:
         await check_the_facade_survives_a_service_restart(service, answer)
+
+
+async def follow_to_the_end(service: Service, job_id: str, events: list[JobEvent]) -> None:
+    async with service.follow(ALICE, job_id) as follower:
+        async for event in follower:
+            events.append(event)
+
+
+def assert_followed_exactly(events: list[JobEvent], view: JobView) -> None:
+    """The follower saw seqs 1.. once each, the stored content, then the stored status."""
+    deltas = [e for e in events if isinstance(e, DeltaEvent)]
+    assert [d.seq for d in deltas] == list(range(1, view.last_seq + 1))
+    assert "".join(d.content for d in deltas) == view.content
+    assert events[-1] == StatusEvent(
+        view.status, view.error, view.finish_reason, view.usage, view.last_seq
+    )
+
+
+async def test_followers_get_the_end_of_their_jobs_when_the_service_supervisor_restarts(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """The restart stops the streams, then the registry that held their logs, which may
+    end a few jobs before it stops; the new registry ends the others "interrupted:
+    server restarted" on logs of its own. Every follower gets its job's stored end."""
+    answer = await expected_answer()
+    settings = config(tmp_path, max_concurrent_jobs=20, max_jobs_per_user=20)
+    events: dict[str, list[JobEvent]] = {}
+    async with open_service(settings, upstream=SimulatedUpstream(10)) as service:
+        jobs = [await service.start_job(ALICE, chat(message_id=f"m{i}")) for i in range(10)]
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                for job in jobs:
+                    events[job.id] = []
+                    nursery.start_soon(follow_to_the_end, service, job.id, events[job.id])
+                await wait_until(service, jobs[-1].id, reached_seq(10), timeout=WAIT)
+                for _ in range(11):
+                    await crash(service, "service/store")
+        assert restarts(service, "service") == 1
+        views = [await wait_finished(service, job.id, timeout=WAIT) for job in jobs]
+
+    ended_by = {view.error for view in views}
+    assert "interrupted: server restarted" in ended_by
+    assert ended_by <= {"stream stopped (shutdown)", "interrupted: server restarted"}
+    for view in views:
+        assert view.status is JobStatus.ERROR
+        assert view.last_seq >= 10 and answer.startswith(view.content)
+        assert_followed_exactly(events[view.id], view)
+
+
+async def test_a_follower_gets_the_end_of_a_job_whose_stream_died_while_the_registry_was_down(
+    autojump_clock: MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restarted registry finds the job's stream gone and ends the job on a new log;
+    the follower, on the stream's log, learns the end from the store."""
+    from actors.stores import MemoryStore
+
+    real_list = MemoryStore.list_jobs_by_status
+    kill_stream: list[str] = []
+
+    async def list_after_the_stream_died(self: MemoryStore, statuses: Any) -> list[Job]:
+        # The registry's recovery lists the running jobs: the stream dies just then.
+        if kill_stream:
+            path = kill_stream.pop()
+            await crash(service, path)
+            for _ in range(100):
+                if service.system.lookup(path) is None:
+                    break
+                await trio.sleep(0.01)
+        return await real_list(self, statuses)
+
+    monkeypatch.setattr(MemoryStore, "list_jobs_by_status", list_after_the_stream_died)
+    answer = await expected_answer()
+    events: list[JobEvent] = []
+    async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        job = await service.start_job(ALICE, chat(message_id="followed"))
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follow_to_the_end, service, job.id, events)
+                await wait_until(service, job.id, reached_seq(10), timeout=WAIT)
+                kill_stream.append(f"service/streams/{job.id}")
+                await crash(service, "service/registry")
+        assert not kill_stream
+        view = await wait_finished(service, job.id, timeout=WAIT)
+
+    assert (view.status, view.error) == (JobStatus.ERROR, "interrupted: stream lost")
+    assert view.last_seq >= 10 and answer.startswith(view.content)
+    assert_followed_exactly(events, view)
+
+
+async def test_a_job_that_ends_while_the_notifier_is_silent_is_notified_across_a_registry_crash(
+    autojump_clock: MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry waits a second for the notifier, then leaves the end to a task of
+    its own; a crash kills that task. The end is therefore stored only with the
+    notifier's decision: the job stays running in the store, the next registry ends it
+    ("interrupted: stream lost", its stream having stopped), and it is notified once.
+    The notifier had decided on the first end meanwhile, so that one notification says
+    what the job ended as first: complete."""
+    from actors.notifications.notifier import Notifier
+
+    real_on_job_finished = Notifier._on_job_finished
+    silent = [True]
+
+    async def silent_once(self: Notifier, job: Job, watched: bool) -> Notification | None:
+        if silent:
+            silent.pop()
+            await trio.sleep(10.0)  # far past the registry's wait of a second
+        return await real_on_job_finished(self, job, watched)
+
+    monkeypatch.setattr(Notifier, "_on_job_finished", silent_once)
+    async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        job = await service.start_job(ALICE, chat(message_id="silenced"))
+        # At 10 tokens a second the job ends after about 5 s; the notifier hangs then.
+        await trio.sleep(8.0)
+        assert not silent
+        await crash(service, "service/registry")
+        view = await wait_finished(service, job.id, timeout=WAIT)
+        await trio.sleep(30.0)  # every retry of the notifier is over
+        notes = await notifications_by_job(service)
+
+    assert [n.type for n in notes.get(job.id, [])] == [NotificationType.COMPLETE]
+    assert (view.status, view.error) == (JobStatus.ERROR, "interrupted: stream lost")
+
+
+class _CrashesOnAsk(Actor):
+    async def handle(self, message: Any) -> Any:
+        raise RuntimeError(f"crashed on {message!r}")
+
+
+async def test_a_call_whose_actor_crashes_under_it_is_a_retryable_server_busy(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    """Not a 500: the HTTP layer answers a ServerBusy with 503 and ``Retry-After``."""
+    async with open_service(config(tmp_path), upstream=SimulatedUpstream(10)) as service:
+        ref = await service.system.spawn(_CrashesOnAsk, name="crashes-on-ask")
+        with pytest.raises(ServiceRestarting, match="crashes-on-ask is restarting") as raised:
+            await service._ask(ref, "hello")
+        assert isinstance(raised.value, ServerBusy)
+        answer = answer_for(raised.value)
+        assert answer is not None and answer.status == 503
+        assert answer.headers["Retry-After"]

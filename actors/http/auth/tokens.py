@@ -208,11 +208,17 @@ class JwtAuthenticator:
         """The subject of the request's token (see the module docs for where it is).
 
         Raises :class:`AuthError` without one, or when it does not verify; a bad
-        token in ``Authorization`` is refused even if the cookie holds a good one.
+        token in ``Authorization`` is refused even if the cookie holds a good one, and
+        so are several ``Authorization`` headers, whatever they hold.
         Waits on the auth provider only to fetch a signing key it does not hold.
         """
         await trio.lowlevel.checkpoint()
-        bearer = bearer_value(request.headers.get("authorization"))
+        given = request.headers.getlist("authorization")
+        # Which of several would count is up to each hop (a proxy may check the last one,
+        # we would read the first), so none does: RFC 9110 allows only one.
+        if len(given) > 1:
+            raise AuthError("invalid token: more than one Authorization header")
+        bearer = bearer_value(given[0] if given else None)
         if bearer is not None:
             header = jwt_header(bearer)
             if header is not None:

@@ -37,11 +37,17 @@ class TrustedHeaders:
     async def authenticate(self, request: HTTPConnection) -> Principal:
         """The user and workspace the gateway named.
 
-        Raises :class:`AuthError` if the peer is not a trusted proxy or names no user.
+        Raises :class:`AuthError` if the peer is not a trusted proxy, names no user, or
+        gives either header more than once.
         """
         await trio.lowlevel.checkpoint()
         if request.client is None or not self._trusted(request.client.host):
             raise AuthError("the caller is not a trusted proxy")
+        # A gateway that adds its header to the client's own instead of replacing it
+        # would otherwise let the client choose who it is.
+        for name in (self._user_header, self._workspace_header):
+            if len(request.headers.getlist(name)) > 1:
+                raise AuthError(f"the {name} header is given more than once")
         user = identity(request.headers.get(self._user_header), f"the {self._user_header} header")
         # A gateway's template often sends the header empty for a user with no
         # organisation: that is the user's own workspace, like no header at all.

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from actors.http.auth import Authenticator, AuthError, Principal, bearer_value, jwt_header
 from actors.http.errors import ApiError
 from actors.http.events import ShutdownSignal
+from actors.http.ratelimit import RateLimiter, retry_after
 from actors.service import Service
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "RouteDependencies",
     "dependencies",
     "principal",
+    "rate_limited",
     "read_json",
     "user_key",
 ]
@@ -42,6 +44,8 @@ class RouteDependencies:
     auth: Authenticator
     shutdown: ShutdownSignal
     keepalive: float
+    limiter: RateLimiter | None = None
+    """The per-user limit on the routes that start jobs; None: no limit."""
 
 
 def dependencies(request: Request) -> RouteDependencies:
@@ -63,6 +67,22 @@ async def principal(request: Request) -> Principal:
         raise ApiError(
             401, "unauthorized", str(error), {"WWW-Authenticate": 'Bearer realm="troupe"'}
         ) from None
+
+
+def rate_limited(request: Request, who: Principal) -> int | None:
+    """None if ``who`` may start a job now (a token is taken from the user's bucket),
+    else the ``Retry-After`` seconds after which a request will be let through.
+
+    Keyed by the user, across workspaces, as ``max_jobs_per_user`` counts. Never blocks.
+    """
+    deps = dependencies(request)
+    if deps.limiter is None:
+        return None
+    wait = deps.limiter.take_nowait(who.owner.user_id)
+    if wait == 0.0:
+        return None
+    deps.service.metrics.requests_rate_limited.inc()
+    return retry_after(wait)
 
 
 async def read_json(request: Request, max_body: int) -> Any:

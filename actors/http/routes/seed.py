@@ -20,7 +20,7 @@ from actors.errors import JobNotFound, UserKeyNotAllowed
 from actors.http.auth import AuthError, Principal
 from actors.http.errors import ApiError, SeedError
 from actors.http.foreground import ForegroundResponse
-from actors.http.routes import dependencies, read_json, user_key
+from actors.http.routes import dependencies, rate_limited, read_json, user_key
 from actors.http.schemas import (
     ChatMessage,
     InvalidBody,
@@ -36,13 +36,18 @@ __all__ = ["seed_abort", "seed_status", "seed_stream"]
 SEED_NOT_ABORTED = "Job not found, unauthorized, or already complete"
 SEED_UNAUTHENTICATED = "Authentication required"
 SEED_STREAM_UNAUTHENTICATED = "Authentication required for background streaming"
+SEED_RATE_LIMITED = "Too many requests, try again later"
 
 
 async def seed_stream(request: Request) -> Response:
     """``POST /api/openrouter/stream``: a background job (``_background: true``), or a
     foreground one whose upstream answer is passed straight through (see
-    :class:`ForegroundResponse`)."""
+    :class:`ForegroundResponse`). 429 with ``Retry-After`` past the caller's rate
+    limit, before the body is read."""
     who = await _principal(request, SEED_STREAM_UNAUTHENTICATED)
+    wait = rate_limited(request, who)
+    if wait is not None:
+        raise SeedError(429, SEED_RATE_LIMITED, {"Retry-After": str(wait)})
     deps = dependencies(request)
     try:
         body = await read_json(request, deps.service.config.max_chat_body_bytes)

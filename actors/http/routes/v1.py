@@ -15,7 +15,7 @@ from actors.api import ChatRequest
 from actors.errors import JobNotFound
 from actors.http.errors import ApiError
 from actors.http.events import notification_stream
-from actors.http.routes import dependencies, principal, read_json, user_key
+from actors.http.routes import dependencies, principal, rate_limited, read_json, user_key
 from actors.http.schemas import (
     MAX_QUERY_INT,
     CreateJobBody,
@@ -60,7 +60,17 @@ async def jobs(request: Request) -> Response:
 
 
 async def create_job(request: Request) -> Response:
+    """Start a job: 202 with the job. 429 with ``Retry-After`` past the caller's rate
+    limit (the body is not read then), and the service's errors (caps, keys)."""
     who = await principal(request)
+    wait = rate_limited(request, who)
+    if wait is not None:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many requests to start jobs; retry after {wait} s",
+            {"Retry-After": str(wait)},
+        )
     service = dependencies(request).service
     try:
         body: CreateJobBody = structure_body(
@@ -133,7 +143,9 @@ async def job_events(request: Request) -> Response:
     if await deps.service.get_job(who.owner, job_id) is None:
         raise JobNotFound(job_id)
     follower = deps.service.follow(who.owner, job_id, after)
-    return JobEventStream(follower, deps.shutdown, deps.keepalive)
+    return JobEventStream(
+        follower, deps.shutdown, deps.keepalive, dropped=deps.service.metrics.followers_dropped
+    )
 
 
 # -- notifications ------------------------------------------------------------------

@@ -371,6 +371,33 @@ def assert_recovered(injector: Injector, bound: float) -> None:
     assert not slow, f"not ready within {bound} s:\n{faults}"
 
 
+def judge(
+    figures: Figures,
+    test: str,
+    clock: str,
+    kinds: tuple[Kind, ...],
+    injector: Injector,
+    ledger: Ledger,
+    expected: dict[int, str],
+    found: tuple[dict[str, tuple[PlannedJob, JobView]], list[Notification], list[str]],
+    canary: tuple[JobStatus, bool],
+) -> Counter[JobStatus]:
+    """Print the run, record its figure and assert every invariant: each of ``kinds``
+    struck, nothing lost, ready again within the bound after every fault, and a job
+    started after the chaos ``canary`` completing exactly. Returns the jobs' statuses."""
+    jobs, notes, strangers = found
+    print("\n".join(str(fault) for fault in injector.faults))
+    statuses = Counter(view.status for _, view in jobs.values())
+    print(f"jobs: {dict(statuses)}, failed calls: {dict(ledger.failed_calls)}")
+    losses = check(jobs, notes, strangers, ledger, expected)
+    record_figure(figures, test, injector, len(jobs), losses, clock)
+    assert {f.kind for f in injector.faults} == set(kinds)
+    assert losses.count == 0, f"{test}:\n{losses.report()}"
+    assert_recovered(injector, RECOVERY_BOUND)
+    assert canary == (JobStatus.COMPLETE, True)
+    return statuses
+
+
 # -- in process, on the mock clock ---------------------------------------------------
 
 JOBS: Final = sized(200, 1000)
@@ -498,15 +525,17 @@ async def test_chaos_in_process(
         jobs, notes, strangers = await final_state(service, plans)
         canary = await canary_in_process(service, plans[0].owner)
 
-    print("\n".join(str(fault) for fault in injector.faults))
-    statuses = Counter(view.status for _, view in jobs.values())
-    print(f"jobs: {dict(statuses)}, failed calls: {dict(ledger.failed_calls)}")
-    losses = check(jobs, notes, strangers, ledger, expected)
-    record_figure(figures, f"chaos in-process, seed {seed}", injector, len(jobs), losses, "virtual")
-    assert {f.kind for f in injector.faults} == set(IN_PROCESS_KINDS)
-    assert losses.count == 0, f"seed {seed}:\n{losses.report()}"
-    assert_recovered(injector, RECOVERY_BOUND)
-    assert canary == (JobStatus.COMPLETE, True)
+    statuses = judge(
+        figures,
+        f"chaos in-process, seed {seed}",
+        "virtual",
+        IN_PROCESS_KINDS,
+        injector,
+        ledger,
+        expected,
+        (jobs, notes, strangers),
+        canary,
+    )
     # The chaos must have left every kind of ending to check.
     assert statuses[JobStatus.COMPLETE] and statuses[JobStatus.ERROR], statuses
     assert statuses[JobStatus.ABORTED], statuses
@@ -761,12 +790,14 @@ async def test_chaos_over_http(tmp_path: Path, figures: Figures, seed: int) -> N
             jobs, notes, strangers = await final_state(service, plans)
             canary = await canary_in_process(service, plans[0].owner)
 
-    print("\n".join(str(fault) for fault in injector.faults))
-    statuses = Counter(view.status for _, view in jobs.values())
-    print(f"jobs: {dict(statuses)}, failed calls: {dict(ledger.failed_calls)}")
-    losses = check(jobs, notes, strangers, ledger, expected)
-    record_figure(figures, f"chaos over HTTP, seed {seed}", injector, len(jobs), losses, "real")
-    assert {f.kind for f in injector.faults} == set(HTTP_KINDS)
-    assert losses.count == 0, f"seed {seed}:\n{losses.report()}"
-    assert_recovered(injector, RECOVERY_BOUND)
-    assert canary == (JobStatus.COMPLETE, True)
+    judge(
+        figures,
+        f"chaos over HTTP, seed {seed}",
+        "real",
+        HTTP_KINDS,
+        injector,
+        ledger,
+        expected,
+        (jobs, notes, strangers),
+        canary,
+    )

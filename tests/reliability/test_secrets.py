@@ -24,7 +24,6 @@ log: the redaction must not over-reach.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import signal
@@ -44,6 +43,7 @@ import trio
 from tests.fake_upstream import FakeUpstream, Script
 from tests.http.conftest import wait_until
 from tests.reliability.figures import Figure, Figures
+from tests.reliability.server_process import server_env
 from tests.webhook_receiver import SECRET as WEBHOOK_SECRET
 from tests.webhook_receiver import WebhookReceiver
 
@@ -156,25 +156,19 @@ def _launch(env: dict[str, str], output: Path) -> subprocess.Popen[bytes]:
 
 
 def _env(data_dir: Path, upstream: str, webhook: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TROUPE_")}
-    env.pop("OPENROUTER_API_KEY", None)
-    env.update(
-        TROUPE_STORE="sqlite",
-        TROUPE_DATA_DIR=str(data_dir),
-        TROUPE_UPSTREAM="openai",
-        TROUPE_UPSTREAM_BASE_URL=upstream,
-        TROUPE_UPSTREAM_API_KEY=SERVER_KEY,
-        TROUPE_JWT_SECRET=JWT_SECRET,
-        TROUPE_JWT_COOKIE=SESSION,
-        TROUPE_LOG_LEVEL="debug",
-        TROUPE_WATCH_WINDOW="0",
-        TROUPE_DRAIN_TIMEOUT="1",
-        TROUPE_MAX_JOBS_PER_USER="50",
-        TROUPE_MAX_CONCURRENT_JOBS="50",
-        TROUPE_WEBHOOK_URL=webhook,
-        TROUPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+    return server_env(
+        data_dir,
+        upstream,
+        upstream_api_key=SERVER_KEY,
+        jwt_secret=JWT_SECRET,
+        jwt_cookie=SESSION,
+        log_level="debug",
+        drain_timeout=1,
+        max_jobs_per_user=50,
+        max_concurrent_jobs=50,
+        webhook_url=webhook,
+        webhook_secret=WEBHOOK_SECRET,
     )
-    return env
 
 
 class Seen:

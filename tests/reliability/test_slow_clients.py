@@ -515,6 +515,10 @@ HEADER_TIMEOUT: Final = 3.0
 """The server's ``http_keep_alive_timeout`` here."""
 BODY_TIMEOUT: Final = 3.0
 """The server's ``http_body_timeout`` here."""
+CUT_SLACK: Final = sized(3, 8)
+"""Seconds past its limit by which a slow client must have been cut: the server, busy
+with all of them on 2 cores, runs its timers late (600 at once were cut up to 3.3 s
+late)."""
 TRICKLE: Final = 0.5
 """Seconds between two bytes of a slow client."""
 PROMPT: Final = 1.0
@@ -711,7 +715,7 @@ async def test_slowloris_clients_are_cut_off_and_others_are_served(
     for one in slow:
         assert one.cut_after is not None
         limit = HEADER_TIMEOUT if one.kind == "header" else BODY_TIMEOUT
-        assert limit * 0.9 <= one.cut_after <= limit + 3.0, (one.kind, one.cut_after)
+        assert limit * 0.9 <= one.cut_after <= limit + CUT_SLACK, (one.kind, one.cut_after)
         if one.kind == "header":
             assert one.answer == b"", one.answer[:200]
         else:

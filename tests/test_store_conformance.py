@@ -323,6 +323,25 @@ async def test_get_deltas_after_seq(store: Store) -> None:
     assert await store.get_deltas("no-such-job") == []
 
 
+async def test_get_deltas_pages_by_limit(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    stored = deltas(job.id, *((seq, f"c{seq}", "") for seq in range(1, 8)))
+    await store.append_deltas(job.id, stored)
+
+    assert await store.get_deltas(job.id, limit=3) == stored[:3]
+    assert await store.get_deltas(job.id, after_seq=3, limit=3) == stored[3:6]
+    assert await store.get_deltas(job.id, after_seq=6, limit=3) == stored[6:]
+    assert await store.get_deltas(job.id, after_seq=7, limit=3) == []
+    # Paging stops at the end of a finished job, whatever the store keeps after it.
+    await store.update_job(
+        attrs.evolve(job, status=JobStatus.COMPLETE, last_seq=7, completed_at=T0)
+    )
+    assert await store.get_deltas(job.id, after_seq=5, limit=5) == stored[5:]
+    with pytest.raises(ValueError, match="limit"):
+        await store.get_deltas(job.id, limit=0)
+
+
 async def test_append_many_grows_several_jobs_in_one_call(store: Store) -> None:
     a, b, c = make_job(), make_job(BOB), make_job()
     for job in (a, b, c):

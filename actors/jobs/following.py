@@ -241,11 +241,9 @@ class JobFollower(Follower[JobEvent]):
 
     async def _replay(self) -> list[JobEvent]:
         """The next stored deltas up to the replay point; none if the store has no more."""
-        deltas = await self._store.get_deltas(self._job_id, self.last_seq)
+        deltas = await self._store.get_deltas(self._job_id, self.last_seq, _BATCH)
         events: list[JobEvent] = [
-            DeltaEvent(d.seq, d.content, d.reasoning)
-            for d in deltas[:_BATCH]
-            if d.seq <= self._replay_until
+            DeltaEvent(d.seq, d.content, d.reasoning) for d in deltas if d.seq <= self._replay_until
         ]
         if events:
             self.last_seq = events[-1].seq  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ lands on that first checkpoint, before anything has changed.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
@@ -30,6 +31,7 @@ from actors.stores.protocol import (
     StoreError,
     as_utc,
     check_batches,
+    check_limit,
     new_deltas_in_order,
 )
 
@@ -132,11 +134,18 @@ class MemoryStore:
         )
         return True
 
-    async def get_deltas(self, job_id: str, after_seq: int = 0) -> list[Delta]:
+    async def get_deltas(
+        self, job_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[Delta]:
         """See :meth:`JobStore.get_deltas`."""
+        check_limit(limit)
         await self._enter()
         entry = self._jobs.get(job_id)
-        return [] if entry is None else [d for d in entry.deltas if d.seq > after_seq]
+        if entry is None:
+            return []
+        # The deltas are kept in seq order.
+        start = bisect.bisect_right(entry.deltas, after_seq, key=lambda d: d.seq)
+        return entry.deltas[start : None if limit is None else start + limit]
 
     async def list_jobs_by_status(self, statuses: Collection[JobStatus]) -> list[Job]:
         """See :meth:`JobStore.list_jobs_by_status`."""

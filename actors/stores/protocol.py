@@ -38,6 +38,7 @@ __all__ = [
     "as_utc",
     "check_batches",
     "check_delta_job",
+    "check_limit",
     "new_deltas_in_order",
 ]
 
@@ -131,8 +132,12 @@ class JobStore(Protocol):
         """
         ...
 
-    async def get_deltas(self, job_id: str, after_seq: int = 0) -> list[Delta]:
-        """Return the job's stored deltas with ``seq > after_seq``, ascending."""
+    async def get_deltas(
+        self, job_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[Delta]:
+        """Return the job's stored deltas with ``seq > after_seq``, ascending: the first
+        ``limit`` of them when it is given, so that a long job is read in pages. Raises
+        ValueError for a limit below 1."""
         ...
 
     async def list_jobs_by_status(self, statuses: Collection[JobStatus]) -> list[Job]:
@@ -391,6 +396,12 @@ def as_utc(value: datetime, what: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be a timezone-aware datetime, got naive {value!r}")
     return value.astimezone(UTC)
+
+
+def check_limit(limit: int | None) -> None:
+    """Raise ValueError unless ``limit`` is None or at least 1."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
 
 
 def check_delta_job(job_id: str, deltas: Sequence[Delta]) -> None:

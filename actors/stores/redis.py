@@ -104,6 +104,7 @@ from actors.stores.protocol import (
     StoreError,
     as_utc,
     check_batches,
+    check_limit,
     new_deltas_in_order,
 )
 from actors.stores.redis_scripts import JOB_FIELDS, NOTIFICATION_FIELDS, SCRIPTS
@@ -450,10 +451,17 @@ class RedisStore:
         )
         return bool(updated)
 
-    async def get_deltas(self, job_id: str, after_seq: int = 0) -> list[Delta]:
+    async def get_deltas(
+        self, job_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[Delta]:
         """See :meth:`JobStore.get_deltas`."""
+        check_limit(limit)
         key = self._key("deltas", job_id)
-        entries = await self._call(lambda: self._client.xrange(key, _after(after_seq), "+"))
+        # The end marker may be among the ``limit`` entries: then fewer deltas come back,
+        # and there are no more.
+        entries = await self._call(
+            lambda: self._client.xrange(key, _after(after_seq), "+", count=limit)
+        )
         return _deltas(job_id, [(e.identifier, e.field_values) for e in entries], None)[0]
 
     async def list_jobs_by_status(self, statuses: Collection[JobStatus]) -> list[Job]:

@@ -59,6 +59,7 @@ from actors.stores.protocol import (
     StoreError,
     as_utc,
     check_batches,
+    check_limit,
     new_deltas_in_order,
 )
 from actors.stores.sqlite_writer import SqliteWriter
@@ -403,14 +404,18 @@ class SqliteStore:
 
         return await self._write(update)
 
-    async def get_deltas(self, job_id: str, after_seq: int = 0) -> list[Delta]:
+    async def get_deltas(
+        self, job_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[Delta]:
         """See :meth:`JobStore.get_deltas`."""
+        check_limit(limit)
 
         def select(conn: sqlite3.Connection) -> list[Delta]:
+            # LIMIT -1 is no limit.
             rows = conn.execute(
                 "SELECT seq, content, reasoning FROM deltas WHERE job_id = ? AND seq > ? "
-                "ORDER BY seq",
-                (job_id, after_seq),
+                "ORDER BY seq LIMIT ?",
+                (job_id, after_seq, -1 if limit is None else limit),
             )
             return [Delta(job_id, seq, content, reasoning) for seq, content, reasoning in rows]
 

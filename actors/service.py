@@ -271,8 +271,8 @@ class Service:
         On a shared store the poll counts on every node, whichever runs the job.
         """
         with _store_answers():
-            job = await self._store.get_job(job_id)
-        if job is None or job.owner != owner:
+            job = await self._store.get_job(job_id, owner)
+        if job is None:
             return None
         if watching and not job.status.is_terminal:
             with contextlib.suppress(MailboxFull, ActorStopped):

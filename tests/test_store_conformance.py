@@ -311,6 +311,21 @@ async def test_append_deltas_refuses_a_delta_of_another_job(store: Store) -> Non
     assert got is not None and got.content == "" and got.last_seq == 0
 
 
+async def test_get_job_for_an_owner_is_none_for_another_owner(store: Store) -> None:
+    job = make_job()
+    await store.create_job(job)
+    await store.append_deltas(job.id, deltas(job.id, (1, "a", "")))
+
+    assert await store.get_job(job.id, job.owner) == await store.get_job(job.id)
+    assert (await store.get_job(job.id, job.owner)) is not None
+    for stranger in (
+        Owner("someone-else", job.owner.workspace_id),
+        Owner(job.owner.user_id, "another-workspace"),
+    ):
+        assert await store.get_job(job.id, stranger) is None
+    assert await store.get_job("no-such-job", job.owner) is None
+
+
 async def test_get_deltas_after_seq(store: Store) -> None:
     job = make_job()
     await store.create_job(job)

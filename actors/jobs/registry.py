@@ -373,8 +373,8 @@ class JobRegistry(Actor):
         # Another node runs it, if anyone: the first terminal update wins, so an
         # abort racing the job's end ends it once, either way.
         try:
-            job = await self._store.get_job(job_id)
-            if job is None or job.owner != owner or job.status.is_terminal:
+            job = await self._store.get_job(job_id, owner)
+            if job is None or job.status.is_terminal:
                 return False
             aborted = attrs.evolve(
                 job, status=JobStatus.ABORTED, completed_at=self._deps.clock.now()
@@ -396,10 +396,10 @@ class JobRegistry(Actor):
         if running is not None and running.job.owner != owner:
             return None
         try:
-            job = await self._store.get_job(job_id)
+            job = await self._store.get_job(job_id, owner)
         except StoreError:
             return StoreUnavailable("the store does not answer; try again later")
-        if job is None or job.owner != owner:
+        if job is None:
             return None
         # Without a log here, the job is terminal, or running on another node.
         return Subscription(job, None if running is None else running.log)

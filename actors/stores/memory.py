@@ -73,11 +73,13 @@ class MemoryStore:
             raise StoreError(f"job {job.id!r} already exists")
         self._jobs[job.id] = _Entry(job, len(job.content), len(job.reasoning))
 
-    async def get_job(self, job_id: str) -> Job | None:
+    async def get_job(self, job_id: str, owner: Owner | None = None) -> Job | None:
         """See :meth:`JobStore.get_job`."""
         await self._enter()
         entry = self._jobs.get(job_id)
-        return None if entry is None else entry.current()
+        if entry is None or (owner is not None and entry.job.owner != owner):
+            return None
+        return entry.current()
 
     async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[Job]:
         """See :meth:`JobStore.list_jobs`."""

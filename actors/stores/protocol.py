@@ -76,8 +76,10 @@ class JobStore(Protocol):
         with its id exists."""
         ...
 
-    async def get_job(self, job_id: str) -> Job | None:
-        """Return the job, or None if there is none with that id."""
+    async def get_job(self, job_id: str, owner: Owner | None = None) -> Job | None:
+        """Return the job, or None if there is none with that id. With ``owner``, also
+        None when the job is another owner's, found without reading its output, so
+        that a foreign id costs what a missing one does."""
         ...
 
     async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[Job]:

@@ -394,9 +394,9 @@ class RedisStore:
         )
         return _text(reply)
 
-    async def get_job(self, job_id: str) -> Job | None:
+    async def get_job(self, job_id: str, owner: Owner | None = None) -> Job | None:
         """See :meth:`JobStore.get_job`."""
-        row = await self._script("get", job_id)
+        row = await self._script("get", job_id, "" if owner is None else _owner_tag(owner))
         return None if row is None else _job_from_row(row)[0]
 
     async def list_jobs(self, owner: Owner, status: JobStatus | None = None) -> list[Job]:

@@ -242,7 +242,14 @@ end
 return 1
 """
 
-_GET = "return read_job(ARGV[2], true)"
+# ARGV[2]: id; [3]: its owner, or '' for any.
+_GET = """
+if ARGV[3] ~= '' then
+  local job = redis.call('HMGET', key('job', ARGV[2]), 'user_id', 'workspace_id')
+  if not job[1] or owner(job[1], job[2]) ~= ARGV[3] then return nil end
+end
+return read_job(ARGV[2], true)
+"""
 
 # ARGV[2]: owner; [3]: status or ''; [4]: '1' for the output too.
 _LIST = """

@@ -325,11 +325,15 @@ class SqliteStore:
 
         await self._write(insert)
 
-    async def get_job(self, job_id: str) -> Job | None:
+    async def get_job(self, job_id: str, owner: Owner | None = None) -> Job | None:
         """See :meth:`JobStore.get_job`."""
+        where, params = " WHERE jobs.id = ?", [job_id]
+        if owner is not None:
+            where += " AND jobs.user_id = ? AND jobs.workspace_id = ?"
+            params += [owner.user_id, owner.workspace_id]
 
         def select(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(f"{_SELECT_JOB} WHERE jobs.id = ?", (job_id,)).fetchone()
+            row = conn.execute(_SELECT_JOB + where, params).fetchone()
             return None if row is None else _row_to_job(row)
 
         return await self._read(select)

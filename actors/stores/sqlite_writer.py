@@ -141,22 +141,8 @@ class SqliteWriter:
         :class:`StoreError` if the writer is closed. Cancellable while waiting;
         a cancelled operation may still be committed, and its result is dropped.
         """
-        if self._closing:
-            raise StoreError("store is closed")
-        token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
-        result: list[outcome.Outcome[T]] = []
-
-        def wake(value: outcome.Outcome[T]) -> None:
-            result.append(value)
-            done.set()
-
-        with self._accepting_lock:
-            if not self._accepting:
-                raise StoreError("store writer has stopped")
-            self._queue.put(_Request(operation, token, wake))
-        await done.wait()
-        return result[0].unwrap()
+        value: T = await self._handled(lambda token, wake: _Request(operation, token, wake))
+        return value
 
     async def reconnect(self, connect: Callable[[], sqlite3.Connection]) -> None:
         """Close the connection and write on ``connect()``'s from now on.
@@ -169,22 +155,29 @@ class SqliteWriter:
         write fails until a later call succeeds. Cancellable
         while waiting; a cancelled call may still take effect.
         """
+        await self._handled(lambda token, wake: _Reconnect(connect, token, wake))
+
+    async def _handled(
+        self, item: Callable[[trio.lowlevel.TrioToken, _Wake], _Request[Any] | _Reconnect]
+    ) -> Any:
+        """Queue the ``item(token, wake)`` built for this trio run, and return what the
+        writer thread's handling of it gave (or raise what it raised)."""
         if self._closing:
             raise StoreError("store is closed")
-        token = trio.lowlevel.current_trio_token()
         done = trio.Event()
-        result: list[outcome.Outcome[None]] = []
+        result: list[outcome.Outcome[Any]] = []
 
-        def wake(value: outcome.Outcome[None]) -> None:
+        def wake(value: outcome.Outcome[Any]) -> None:
             result.append(value)
             done.set()
 
+        queued = item(trio.lowlevel.current_trio_token(), wake)
         with self._accepting_lock:
             if not self._accepting:
                 raise StoreError("store writer has stopped")
-            self._queue.put(_Reconnect(connect, token, wake))
+            self._queue.put(queued)
         await done.wait()
-        result[0].unwrap()
+        return result[0].unwrap()
 
     async def aclose(self) -> None:
         """Write everything already submitted, commit, close the connection and

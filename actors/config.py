@@ -247,6 +247,9 @@ class ServiceConfig:
     """How long connecting to Redis may take."""
     redis_command_timeout: float = attrs.field(default=5.0, validator=_above(0))
     """How long one Redis command may take (blocking reads excepted)."""
+    redis_max_live_jobs: int = attrs.field(default=10_000, validator=_at_least(1))
+    """Most jobs run by other processes that this process follows live at once (one
+    ``XREAD`` reads them all); a follower of one more waits until one of them ends."""
     node_id: str | None = attrs.field(default=None, validator=_optional(_not_blank))
     """This process's name among the processes sharing a store; None generates one
     when the service starts."""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors.config import ServiceConfig, StoreName
+from actors.config import ServiceConfig, StoreName, load_config
 from actors.stores import MemoryStore, RedisStore, SqliteStore, Store, StoreError, StoreFactory
 from actors.stores import factory as factory_module
 from tests.redis_server import RedisServer, fresh_prefix
@@ -166,3 +166,26 @@ async def test_aclose_before_any_get_is_harmless(tmp_path: Path) -> None:
     await factory.aclose()
     with pytest.raises(StoreError, match="factory is closed"):
         await factory.get()
+
+
+async def test_the_redis_backend_follows_as_many_jobs_live_as_configured(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    config = load_config(
+        env={
+            "TROUPE_STORE": "redis",
+            "TROUPE_REDIS_URL": redis_server.url,
+            "TROUPE_REDIS_PREFIX": fresh_prefix(),
+            "TROUPE_REDIS_MAX_LIVE_JOBS": "7",
+            "TROUPE_DATA_DIR": str(tmp_path),
+        }
+    )
+    assert config.redis_max_live_jobs == 7
+    assert ServiceConfig().redis_max_live_jobs == 10_000
+    factory = StoreFactory(config)
+    store = await factory.get()
+    try:
+        assert isinstance(store, RedisStore)
+        assert store._max_live_jobs == 7
+    finally:
+        await factory.aclose()

@@ -53,6 +53,7 @@ async def _build_redis(config: ServiceConfig) -> Store:
         retention=config.retention,
         connect_timeout=config.redis_connect_timeout,
         command_timeout=config.redis_command_timeout,
+        max_live_jobs=config.redis_max_live_jobs,
     )
 
 

@@ -216,7 +216,7 @@ class RedisStore:
         retention: float = 3600.0,
         connect_timeout: float = 5.0,
         command_timeout: float = 5.0,
-        max_live_jobs: int = 1024,
+        max_live_jobs: int = 10_000,
         subscription_buffer: int = 1024,
     ) -> RedisStore:
         """Connect to the server at ``url`` (``redis://``, ``rediss://`` or ``unix://``)

@@ -154,7 +154,7 @@ class OpenAICompatibleUpstream:
             # The caller hands the upstream's answer on as it is: a failure is that answer.
             return await self._attempt(request, api_key, on_event, progress)
 
-        def retry_delay(exc: Exception) -> bool | float:
+        def retry_delay(exc: BaseException) -> bool | float:
             # Once text reached the caller, a new attempt would repeat it: never retry then.
             if not isinstance(exc, UpstreamError) or not exc.retryable or progress.delivered:
                 return False

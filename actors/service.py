@@ -238,17 +238,15 @@ class Service:
         check_api_key(self.config, request.api_key)
         passthrough = Passthrough()
         try:
-            reply: ForegroundStarted | ServiceError = await self._registry.ask(
-                CreateJob(owner, request, passthrough), timeout=_ASK_TIMEOUT
+            started: ForegroundStarted = await self._ask(
+                self._registry, CreateJob(owner, request, passthrough)
             )
         except BaseException:
             # The job may have started all the same: with its reader closed, its
             # stream never waits for a reader who is not coming.
             passthrough.close_reader()
             raise
-        if isinstance(reply, ServiceError):
-            raise reply
-        return reply
+        return started
 
     async def get_job(
         self,
@@ -319,7 +317,7 @@ class Service:
 
     async def sweep(self) -> SweepResult:
         """Run a sweep now (timeouts and retention), as the sweeper does periodically."""
-        result: SweepResult = await self._registry.ask(Sweep(), timeout=_ASK_TIMEOUT)
+        result: SweepResult = await self._ask(self._registry, Sweep())
         return result
 
     # -- notifications -------------------------------------------------------------

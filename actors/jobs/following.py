@@ -133,8 +133,7 @@ class JobFollower(Follower[JobEvent]):
         return self._job_id
 
     def close(self) -> None:
-        if not self._closed and self._log is not None:
-            self._log.watchers -= 1
+        self._leave_log()
         super().close()
 
     async def next_batch(self) -> list[JobEvent]:

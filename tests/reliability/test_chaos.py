@@ -27,7 +27,6 @@ server on SQLite, on the real clock, where readiness is ``GET /readyz``. Each te
 from __future__ import annotations
 
 import functools
-import math
 import os
 import random
 import socket
@@ -59,12 +58,13 @@ from actors.errors import ServiceError
 from actors.http.adapter import GetAddresses, HttpAdapter
 from actors.http.auth import TokenAuthority, build_auth
 from actors.model import NotificationType
-from actors.upstream import SimulatedUpstream, TextDelta, UpstreamEvent, UpstreamRequest
+from actors.upstream import SimulatedUpstream
 from actors.upstream.simulated import SIMULATE_ERROR_PARAM
 from runtime import ActorCrashed, ActorStopped, AskTimeout
 from tests.reliability.bodies import OneChunk
 from tests.reliability.chaos import HTTP, Injector, Kind
 from tests.reliability.figures import SOAK, Figure, Figures, sized
+from tests.service.kit import simulated_answer
 
 SEED_VARIABLE: Final = "TROUPE_CHAOS_SEED"
 
@@ -140,19 +140,6 @@ def plan_jobs(seed: int, count: int, spread: float, job_seconds: float) -> list[
         )
         for index in range(count)
     ]
-
-
-async def upstream_text(prompt: str) -> str:
-    """The simulated model's whole answer to ``prompt``, straight from the model."""
-    pieces: list[str] = []
-
-    async def keep(event: UpstreamEvent) -> None:
-        if isinstance(event, TextDelta):
-            pieces.append(event.content)
-
-    request = UpstreamRequest("chaos", [{"role": "user", "content": prompt}])
-    await SimulatedUpstream(math.inf).stream(request, keep)
-    return "".join(pieces)
 
 
 # -- what the clients saw ---------------------------------------------------------------
@@ -495,7 +482,7 @@ async def test_chaos_in_process(
     print(f"chaos seed {seed} (run it alone with {SEED_VARIABLE}={seed})")
     seed_trio_scheduler(seed)
     plans = plan_jobs(seed, JOBS, SPREAD, JOB_SECONDS)
-    expected = {plan.index: await upstream_text(plan.prompt) for plan in plans}
+    expected = {plan.index: await simulated_answer(plan.prompt) for plan in plans}
     config = ServiceConfig(
         store="memory",
         data_dir=tmp_path,
@@ -551,7 +538,7 @@ async def canary_in_process(service: Service, owner: Owner) -> tuple[JobStatus, 
             view = await service.get_job(owner, job.id)
             assert view is not None
             if view.status.is_terminal:
-                return view.status, view.content == await upstream_text(plan.prompt)
+                return view.status, view.content == await simulated_answer(plan.prompt)
             await trio.sleep(0.5)
 
 
@@ -736,7 +723,7 @@ async def http_ready(clients: HttpClients) -> bool:
 async def test_chaos_over_http(tmp_path: Path, figures: Figures, seed: int) -> None:
     print(f"chaos seed {seed} (run it alone with {SEED_VARIABLE}={seed})")
     plans = plan_jobs(seed, HTTP_JOBS, HTTP_SPREAD, HTTP_JOB_SECONDS)
-    expected = {plan.index: await upstream_text(plan.prompt) for plan in plans}
+    expected = {plan.index: await simulated_answer(plan.prompt) for plan in plans}
     config = ServiceConfig(
         store="sqlite",
         data_dir=tmp_path,

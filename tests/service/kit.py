@@ -6,6 +6,7 @@ plain value, function or class that a test module imports.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -16,10 +17,12 @@ import trio
 from actors import ChatRequest, JobView, Owner, Service, ServiceConfig
 from actors.upstream import (
     EventHandler,
+    SimulatedUpstream,
     StreamOpened,
     StreamResult,
     TextDelta,
     Upstream,
+    UpstreamEvent,
     UpstreamRequest,
 )
 
@@ -28,6 +31,19 @@ BOB = Owner("bob", "ws-1")
 
 # The simulated model quotes it, so its answer depends on it (47 tokens).
 PROMPT = "hello"
+
+
+async def simulated_answer(prompt: str = PROMPT) -> str:
+    """The simulated model's whole answer to ``prompt``, straight from the model."""
+    pieces: list[str] = []
+
+    async def keep(event: UpstreamEvent) -> None:
+        if isinstance(event, TextDelta):
+            pieces.append(event.content)
+
+    request = UpstreamRequest("m", [{"role": "user", "content": prompt}])
+    await SimulatedUpstream(math.inf).stream(request, keep)
+    return "".join(pieces)
 
 
 def chat(

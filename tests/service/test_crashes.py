@@ -25,34 +25,21 @@ from actors import (
 from actors.errors import ServiceRestarting
 from actors.http.errors import answer_for
 from actors.model import Job, NotificationType
-from actors.upstream import SimulatedUpstream, TextDelta, UpstreamEvent, UpstreamRequest
+from actors.upstream import SimulatedUpstream
 from runtime import Actor
 from tests.service.kit import (
     ALICE,
-    PROMPT,
     chat,
     config,
     reached_seq,
     restarts,
+    simulated_answer,
     wait_finished,
     wait_until,
 )
 
 # Virtual seconds on the mock clock: a wait never costs real time.
 WAIT = 120.0
-
-
-async def expected_answer() -> str:
-    """The simulated model's whole answer to PROMPT, straight from the model."""
-    pieces: list[str] = []
-
-    async def keep(event: UpstreamEvent) -> None:
-        if isinstance(event, TextDelta):
-            pieces.append(event.content)
-
-    request = UpstreamRequest("m", [{"role": "user", "content": PROMPT}])
-    await SimulatedUpstream(math.inf).stream(request, keep)
-    return "".join(pieces)
 
 
 def sweeping_config(tmp_path: Path) -> ServiceConfig:
@@ -81,7 +68,7 @@ async def notifications_by_job(service: Service) -> dict[str, list[Notification]
 async def test_a_crashed_actor_restarts_and_running_jobs_complete(
     autojump_clock: MockClock, tmp_path: Path, path: str
 ) -> None:
-    answer = await expected_answer()
+    answer = await simulated_answer()
     async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         before = await service.start_job(ALICE, chat(message_id="before"))
         before_view = await wait_finished(service, before.id, timeout=WAIT)
@@ -120,7 +107,7 @@ async def test_a_crashed_actor_restarts_and_running_jobs_complete(
 async def test_a_crashed_stream_ends_its_job_as_error_and_keeps_the_partial_content(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    answer = await expected_answer()
+    answer = await simulated_answer()
     async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         victim = await service.start_job(ALICE, chat(message_id="victim"))
         bystander = await service.start_job(ALICE, chat(message_id="bystander"))
@@ -156,7 +143,7 @@ async def test_a_crashed_stream_ends_its_job_as_error_and_keeps_the_partial_cont
 async def test_a_follower_sees_every_delta_once_across_a_registry_crash(
     autojump_clock: MockClock, tmp_path: Path
 ) -> None:
-    answer = await expected_answer()
+    answer = await simulated_answer()
     events: list[JobEvent] = []
     async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat(message_id="followed"))
@@ -227,7 +214,7 @@ async def test_a_registry_crash_on_the_final_report_still_completes_the_job(
         return await real_update(self, job)  # type: ignore[arg-type]
 
     monkeypatch.setattr(MemoryStore, "update_job", update_failing_once)
-    answer = await expected_answer()
+    answer = await simulated_answer()
     async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(50)) as service:
         job = await service.start_job(ALICE, chat(message_id="final-report"))
         view = await wait_finished(service, job.id, timeout=WAIT)
@@ -268,7 +255,7 @@ async def test_the_facade_works_again_after_the_service_supervisor_itself_restar
     """Crashing ``service/store`` past the service supervisor's intensity (10 in 60 s)
     makes ``service`` give up and the root restart it, with new actors at the old
     paths: the facade's refs follow them, so every call works again."""
-    answer = await expected_answer()
+    answer = await simulated_answer()
     async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         await check_the_facade_survives_a_service_restart(service, answer)
 
@@ -276,7 +263,7 @@ async def test_the_facade_works_again_after_the_service_supervisor_itself_restar
 async def test_the_facade_works_again_after_a_service_restart_on_sqlite(tmp_path: Path) -> None:
     """The same on SQLite, on the real clock (its writer thread does not follow a
     mock clock): the finished job is read back from the database."""
-    answer = await expected_answer()
+    answer = await simulated_answer()
     settings = config(tmp_path, store="sqlite")
     async with open_service(settings, upstream=SimulatedUpstream(math.inf)) as service:
         await check_the_facade_survives_a_service_restart(service, answer)
@@ -304,7 +291,7 @@ async def test_followers_get_the_end_of_their_jobs_when_the_service_supervisor_r
     """The restart stops the streams, then the registry that held their logs, which may
     end a few jobs before it stops; the new registry ends the others "interrupted:
     server restarted" on logs of its own. Every follower gets its job's stored end."""
-    answer = await expected_answer()
+    answer = await simulated_answer()
     settings = config(tmp_path, max_concurrent_jobs=20, max_jobs_per_user=20)
     events: dict[str, list[JobEvent]] = {}
     async with open_service(settings, upstream=SimulatedUpstream(10)) as service:
@@ -351,7 +338,7 @@ async def test_a_follower_gets_the_end_of_a_job_whose_stream_died_while_the_regi
         return await real_list(self, statuses)
 
     monkeypatch.setattr(MemoryStore, "list_jobs_by_status", list_after_the_stream_died)
-    answer = await expected_answer()
+    answer = await simulated_answer()
     events: list[JobEvent] = []
     async with open_service(sweeping_config(tmp_path), upstream=SimulatedUpstream(10)) as service:
         job = await service.start_job(ALICE, chat(message_id="followed"))

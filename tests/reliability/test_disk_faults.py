@@ -84,6 +84,20 @@ def _short(fake: FakeUpstream, name: str) -> str:
     return "".join(tokens)
 
 
+async def _short_job(
+    client: httpx.AsyncClient, fake: FakeUpstream, headers: dict[str, str], name: str
+) -> tuple[str, str]:
+    """Start a short job of model ``name`` (see :func:`_short`), wait until it is
+    complete with exactly its text, and return its id and that text."""
+    text = _short(fake, name)
+    started = await client.post("/v1/jobs", json=chat_body(model=name), headers=headers)
+    assert started.status_code == 202, started.text
+    job_id: str = started.json()["id"]
+    done = await _wait_job(client, headers, job_id, "complete")
+    assert done["content_delta"] == text
+    return job_id, text
+
+
 def _seed_body(model: str) -> dict[str, Any]:
     return {
         "model": model,
@@ -270,15 +284,9 @@ async def test_a_full_disk_refuses_new_jobs_loses_nothing_sent_and_recovers(
                 assert ended["last_seq"] > len(followed.deltas), "nothing streamed meanwhile"
                 lost += sum(1 for seq, _ in followed.deltas if seq > ended["last_seq"])
 
-                short_text = _short(fake, f"short{cycle}-")
-                again = await client.post(
-                    "/v1/jobs", json=chat_body(model=f"short{cycle}-"), headers=headers
-                )
-                assert again.status_code == 202, again.text
-                jobs.add(again.json()["id"])
-                notified.add(again.json()["id"])
-                done = await _wait_job(client, headers, again.json()["id"], "complete")
-                assert done["content_delta"] == short_text
+                again_id, _ = await _short_job(client, fake, headers, f"short{cycle}-")
+                jobs.add(again_id)
+                notified.add(again_id)
 
             # Nothing refused was kept. A job's notification is stored before its end.
             listed = await client.get("/v1/jobs", headers=headers)
@@ -337,13 +345,7 @@ async def test_a_read_only_database_file_refuses_writes_clearly_and_recovers(
             for cycle in range(READ_ONLY_CYCLES):
                 async with httpx.AsyncClient(base_url=await server.url(), timeout=10.0) as client:
                     await wait_ready(client)
-                    short_text = _short(fake, f"done{cycle}-")
-                    done = await client.post(
-                        "/v1/jobs", json=chat_body(model=f"done{cycle}-"), headers=headers
-                    )
-                    assert done.status_code == 202, done.text
-                    done_id = done.json()["id"]
-                    await _wait_job(client, headers, done_id, "complete")
+                    done_id, short_text = await _short_job(client, fake, headers, f"done{cycle}-")
                     long_text = _long(fake, f"cut{cycle}-")
                     cut = await client.post(
                         "/v1/jobs", json=chat_body(model=f"cut{cycle}-"), headers=headers
@@ -384,14 +386,8 @@ async def test_a_read_only_database_file_refuses_writes_clearly_and_recovers(
                     _check_ended(ended, long_text, followed, "interrupted: server restarted")
                     assert ended["content_delta"] == left["content_delta"]
                     lost += sum(1 for seq, _ in followed.deltas if seq > ended["last_seq"])
-                    again_text = _short(fake, f"again{cycle}-")
-                    again = await client.post(
-                        "/v1/jobs", json=chat_body(model=f"again{cycle}-"), headers=headers
-                    )
-                    assert again.status_code == 202, again.text
-                    jobs.add(again.json()["id"])
-                    again_done = await _wait_job(client, headers, again.json()["id"], "complete")
-                    assert again_done["content_delta"] == again_text
+                    again_id, _ = await _short_job(client, fake, headers, f"again{cycle}-")
+                    jobs.add(again_id)
                     # Nothing refused was kept; every job, unwatched at its end, notified
                     # once (a job's notification is stored before its end).
                     listed = await client.get("/v1/jobs", headers=headers)

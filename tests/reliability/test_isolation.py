@@ -334,32 +334,34 @@ def learn_notification(world: World, owner: int, notification: Any) -> None:
     assert world.notified_jobs.setdefault(nid, job_id) == job_id, notification
 
 
-async def read_notification(world: World, data: st.DataObject, owner: int) -> None:
+async def _on_notification(
+    world: World, data: st.DataObject, owner: int, method: str, template: str, ok: int
+) -> str | None:
+    """``method`` on a notification picked for ``owner``: a foreign one must answer as a
+    missing one; an own one that is not deleted ``ok``, else 404. Returns the id when
+    it was ``ok``."""
     kind, nid = pick_notification(world, data, owner)
-    template = "/v1/notifications/{}/read"
     if kind == "foreign":
-        await world.same_as_missing(owner, "POST", template, nid)
-        return
-    response = await world.request(owner, "POST", template.format(nid), [nid])
+        await world.same_as_missing(owner, method, template, nid)
+        return None
+    response = await world.request(owner, method, template.format(nid), [nid])
     if kind == "own" and nid not in world.deleted_by_owner:
-        assert response.status_code == 200, response.text
+        assert response.status_code == ok, response.text
+        return nid
+    assert response.status_code == 404, response.text
+    return None
+
+
+async def read_notification(world: World, data: st.DataObject, owner: int) -> None:
+    nid = await _on_notification(world, data, owner, "POST", "/v1/notifications/{}/read", 200)
+    if nid is not None:
         world.read_by_owner.add(nid)
-    else:
-        assert response.status_code == 404, response.text
 
 
 async def delete_notification(world: World, data: st.DataObject, owner: int) -> None:
-    kind, nid = pick_notification(world, data, owner)
-    template = "/v1/notifications/{}"
-    if kind == "foreign":
-        await world.same_as_missing(owner, "DELETE", template, nid)
-        return
-    response = await world.request(owner, "DELETE", template.format(nid), [nid])
-    if kind == "own" and nid not in world.deleted_by_owner:
-        assert response.status_code == 204, response.text
+    nid = await _on_notification(world, data, owner, "DELETE", "/v1/notifications/{}", 204)
+    if nid is not None:
         world.deleted_by_owner.add(nid)
-    else:
-        assert response.status_code == 404, response.text
 
 
 async def read_all(world: World, data: st.DataObject, owner: int) -> None:

@@ -15,8 +15,7 @@ from actors.jobs.log import JobLog
 from actors.model import Delta
 from actors.stores import MemoryStore, StoreError
 from actors.upstream import SimulatedUpstream
-from tests.service.kit import ALICE, chat, config, wait_finished
-from tests.service.test_crashes import expected_answer
+from tests.service.kit import ALICE, chat, config, simulated_answer, wait_finished
 
 
 def stored(job_log: JobLog, limit: int | None = None) -> list[Delta]:
@@ -142,5 +141,5 @@ async def test_a_failed_store_write_loses_nothing(
         assert node is not None and node.restarts == 0
     assert failures == 0
     assert view.status is JobStatus.COMPLETE
-    assert view.content == await expected_answer()
+    assert view.content == await simulated_answer()
     assert view.last_seq == view.chunks_received
